@@ -167,7 +167,7 @@ fn night_index(day_obs: u32) -> Result<u32, IdError> {
     .ok_or(IdError::DayObs(day_obs))?;
     let epoch = NaiveDate::from_ymd_opt(2020, 1, 1).expect("valid epoch");
     let days = (date - epoch).num_days();
-    if days < 0 || days >= (1 << NIGHT_BITS) {
+    if !(0..(1 << NIGHT_BITS)).contains(&days) {
         return Err(IdError::DayObs(day_obs));
     }
     Ok(days as u32)

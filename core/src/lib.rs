@@ -4,8 +4,10 @@
 //!
 //! Everything here is a library: it never depends on the `apflow` binary.
 
+pub mod bus;
+pub mod config;
 pub mod events;
 pub mod geom;
 pub mod ids;
-
+pub mod telemetry;
 pub mod time;

@@ -1,0 +1,72 @@
+//! The `apflow` command: parses arguments, loads configuration and wires services.
+//! Everything else lives in the libraries.
+
+mod cmd;
+mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::AppConfig;
+
+/// apflow — prompt processing and alert distribution for wide-field time-domain surveys.
+///
+/// Configuration comes from embedded defaults, then `--config FILE`, then
+/// `APFLOW__SECTION__KEY` environment variables (for example
+/// `APFLOW__BUS__URL=kafka://127.0.0.1:9092`). `apflow config show` prints the result.
+#[derive(Debug, Parser)]
+#[command(name = "apflow", version, propagate_version = true)]
+struct Cli {
+    /// TOML configuration file (overrides the embedded defaults).
+    #[arg(long, short, global = true, env = "APFLOW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and validate the configuration.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+    /// Measure throughput (figures go to docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match AppConfig::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    apflow_core::telemetry::init_logging(config.telemetry.log_format, &config.telemetry.log_level);
+    apflow_core::telemetry::metrics::register_shared(env!("CARGO_PKG_VERSION"), features());
+    let result = match cli.command {
+        Command::Config(c) => cmd::config::run(c, &config),
+        Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The cargo features this binary was built with.
+fn features() -> &'static str {
+    if cfg!(feature = "kafka") { "kafka" } else { "" }
+}
