@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "shape": [a.layout.raw_height(), a.layout.raw_width()],
                 "sha256_le_i32": hex::encode(Sha256::digest(&bytes)),
                 "sum": a.data.iter().map(|&v| i64::from(v)).sum::<i64>(),
-                "samples": [[0, 0, a.at(0, 0)], [5, 10, a.at(5, 10)], [100, 37, a.at(37, 100)]],
+                "samples": [[0, 0, a.at(0, 0)], [10, 5, a.at(5, 10)], [100, 37, a.at(37, 100)]],
                 "gain": a.params.gain,
                 "rdnoise": a.params.read_noise_e,
                 "detsec": a.layout.detsec(),
