@@ -18,6 +18,10 @@ pub struct AppConfig {
     pub bus: BusConfig,
     /// `[telemetry]`.
     pub telemetry: TelemetryConfig,
+    /// `[simulate]`: the simulated night of `apflow run` and `apflow simulate`.
+    pub simulate: apflow_sim::NightSpec,
+    /// `[run]`.
+    pub run: crate::cmd::run::RunConfig,
 }
 
 impl AppConfig {

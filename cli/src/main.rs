@@ -28,6 +28,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a simulated night through every available stage in one process, on the
+    /// embedded backends, and print a summary (alerts, latency).
+    Run(cmd::run::RunArgs),
+    /// Write a simulated night (raw images, truth, calibrations, templates, reference
+    /// catalogue) to a directory.
+    Simulate(cmd::simulate::SimulateArgs),
+    /// Watch a landing directory and announce each complete raw image (RawImageReady),
+    /// dead-lettering bad files with the reason.
+    Ingest(cmd::ingest::IngestArgs),
     /// Inspect and validate the configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -48,6 +57,9 @@ fn main() -> ExitCode {
     apflow_core::telemetry::init_logging(config.telemetry.log_format, &config.telemetry.log_level);
     apflow_core::telemetry::metrics::register_shared(env!("CARGO_PKG_VERSION"), features());
     let result = match cli.command {
+        Command::Run(a) => runtime().and_then(|rt| rt.block_on(cmd::run::run(a, &config))),
+        Command::Simulate(a) => cmd::simulate::run(a, &config.simulate),
+        Command::Ingest(a) => runtime().and_then(|rt| rt.block_on(cmd::ingest::run(a, &config))),
         Command::Config(c) => cmd::config::run(c, &config),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };

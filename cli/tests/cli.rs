@@ -1,0 +1,184 @@
+//! The `apflow` binary, run as a user would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn apflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_apflow"));
+    c.env_remove("APFLOW_CONFIG").env("RUST_LOG", "warn");
+    c
+}
+
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+#[test]
+fn run_prints_its_summary_and_serves_metrics_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = apflow()
+        .args([
+            "run",
+            "--visits",
+            "3",
+            "--detectors",
+            "2",
+            "--size",
+            "512",
+            "--cadence",
+            "1500ms",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0", "--out"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("metrics: http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
+
+    // Scrape while the night runs (visits are 1.5 s apart).
+    let started = Instant::now();
+    let mut scraped = String::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(body) = http_get(&addr, "/metrics") {
+            if body.contains("apflow_run_visits_total 1")
+                || body.contains("apflow_run_visits_total 2")
+            {
+                scraped = body;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        scraped.starts_with("HTTP/1.0 200") || scraped.starts_with("HTTP/1.1 200"),
+        "{scraped}"
+    );
+    for series in [
+        "apflow_build_info{",
+        "apflow_bus_messages_published_total{",
+        "apflow_run_visits_total ",
+    ] {
+        assert!(
+            scraped.contains(series),
+            "{series} missing from a scrape during the run:\n{scraped}"
+        );
+    }
+    assert!(http_get(&addr, "/healthz").unwrap().ends_with("ok\n"));
+
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    let out = rest.join("\n");
+    assert!(status.success(), "{out}");
+    assert!(out.contains("summary"), "{out}");
+    assert!(
+        out.contains("6 read out, 6 ingested, 0 dead-lettered"),
+        "{out}"
+    );
+    assert!(out.contains("100.0% within 60 s"), "{out}");
+    // The camera wrote real raw files that the ingest stage validated.
+    let raws = walk(&dir.path().join("raw"));
+    assert_eq!(raws.len(), 6, "{raws:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bad_config_file_gets_every_error_with_its_path_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apflow.toml");
+    std::fs::write(&path, "[bus]\nurl = \"memory://\"\npartitions = \"four\"\ncolour = \"blue\"\n[telemetry]\nlog_format = \"xml\"\n").unwrap();
+    let out = apflow()
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("3 configuration error(s)"), "{err}");
+    for path in ["`bus.partitions`", "`bus.colour`", "`telemetry.log_format`"] {
+        assert!(err.contains(path), "{path} missing in:\n{err}");
+    }
+}
+
+#[test]
+fn config_show_masks_secrets_and_applies_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apflow.toml");
+    std::fs::write(
+        &path,
+        "[bus.kafka.security]\nprotocol = \"sasl_ssl\"\nusername = \"u\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    let out = apflow()
+        .args(["config", "show", "--config"])
+        .arg(&path)
+        .env("APFLOW__BUS__TOPIC_PREFIX", "night42.")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("****"));
+    assert!(shown.contains("topic_prefix = \"night42.\""), "{shown}");
+}
+
+#[test]
+fn simulate_writes_a_night_and_bad_options_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = apflow()
+        .args([
+            "simulate",
+            "--visits",
+            "1",
+            "--detectors",
+            "1",
+            "--size",
+            "256",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("night.json").exists());
+    assert_eq!(walk(&dir.path().join("raw")).len(), 1);
+    let bad = apflow()
+        .args(["simulate", "--size", "1000", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("detector_size"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
