@@ -22,6 +22,8 @@ pub struct AppConfig {
     pub simulate: apflow_sim::NightSpec,
     /// `[run]`.
     pub run: crate::cmd::run::RunConfig,
+    /// `[apdb]`.
+    pub apdb: crate::cmd::apdb::ApdbSection,
 }
 
 impl AppConfig {

@@ -37,6 +37,9 @@ enum Command {
     /// Watch a landing directory and announce each complete raw image (RawImageReady),
     /// dead-lettering bad files with the reason.
     Ingest(cmd::ingest::IngestArgs),
+    /// Create and inspect the Alert Production Database.
+    #[command(subcommand)]
+    Apdb(cmd::apdb::ApdbCommand),
     /// Inspect and validate the configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(cmd::run::run(a, &config))),
         Command::Simulate(a) => cmd::simulate::run(a, &config.simulate),
         Command::Ingest(a) => runtime().and_then(|rt| rt.block_on(cmd::ingest::run(a, &config))),
+        Command::Apdb(c) => runtime().and_then(|rt| rt.block_on(cmd::apdb::run(c, &config))),
         Command::Config(c) => cmd::config::run(c, &config),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
@@ -80,5 +84,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The cargo features this binary was built with.
 fn features() -> &'static str {
-    if cfg!(feature = "kafka") { "kafka" } else { "" }
+    match (cfg!(feature = "kafka"), cfg!(feature = "scylla")) {
+        (true, true) => "kafka,scylla",
+        (true, false) => "kafka",
+        (false, true) => "scylla",
+        (false, false) => "",
+    }
 }

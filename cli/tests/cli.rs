@@ -182,3 +182,57 @@ fn simulate_writes_a_night_and_bad_options_are_explained() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn apdb_create_info_and_stats_work_on_the_embedded_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db/apdb.sqlite").display());
+    let out = apflow()
+        .args(["apdb", "create", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = apflow()
+        .args(["apdb", "create", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "creating over an existing database must be refused"
+    );
+    let info = apflow()
+        .args(["apdb", "info", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(info.status.success());
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("1.0"),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
+    let stats = apflow()
+        .args(["apdb", "stats", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(stats.status.success());
+    assert!(
+        String::from_utf8_lossy(&stats.stdout).contains("DiaSource"),
+        "{}",
+        String::from_utf8_lossy(&stats.stdout)
+    );
+    let scylla = apflow()
+        .args(["apdb", "info", "--url", "scylla://127.0.0.1:1/ks"])
+        .output()
+        .unwrap();
+    if !cfg!(feature = "scylla") {
+        assert!(
+            String::from_utf8_lossy(&scylla.stderr).contains("scylla"),
+            "{}",
+            String::from_utf8_lossy(&scylla.stderr)
+        );
+    }
+}

@@ -83,7 +83,9 @@ pub enum IdError {
 ///
 /// Formatted Rubin-style as `day_obs * 100_000 + seq_num`, e.g. `2026112200042`
 /// for the 42nd visit of the night of 2026-11-22.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct VisitId(pub u64);
 
@@ -143,7 +145,9 @@ impl fmt::Display for ExposureId {
 }
 
 /// A detector (CCD) of the camera, 0–255.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct DetectorId(pub u16);
 
@@ -181,7 +185,9 @@ fn day_obs_of(night: u32) -> u32 {
 }
 
 /// The id of a DiaSource (and of the alert it triggers). See the module docs for the layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct DiaSourceId(pub i64);
 
@@ -299,7 +305,9 @@ impl fmt::Display for DiaSourceId {
 }
 
 /// The id of a DiaObject: the [`DiaSourceId`] of the DiaSource that created it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct DiaObjectId(pub i64);
 

@@ -91,7 +91,7 @@ pub fn tai_minus_utc(unix_seconds: i64) -> Result<i32, TimeError> {
 }
 
 /// A Modified Julian Date in the TAI time scale, in days.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MjdTai(pub f64);
 

@@ -24,6 +24,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         window: usize,
     },
+    /// Fill an embedded APDB with a year of LSST-like history and time per-detector
+    /// reads and writes at 10 %–100 % of it.
+    Apdb {
+        /// Visits per field per year.
+        #[arg(long)]
+        visits_per_year: Option<usize>,
+        /// Timed visits per history fraction.
+        #[arg(long)]
+        repeats: Option<usize>,
+        /// Directory for the database (a temporary one by default).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn bar(n: usize, what: &str) -> ProgressBar {
@@ -45,6 +58,22 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             size,
             window,
         } => bench_bus(config, messages, size, window.max(1)).await,
+        BenchCommand::Apdb {
+            visits_per_year,
+            repeats,
+            dir,
+        } => {
+            let mut c = apflow_apdb::bench::BenchConfig::default();
+            if let Some(v) = visits_per_year {
+                c.visits_per_year = v;
+            }
+            if let Some(r) = repeats {
+                c.repeats = r;
+            }
+            let dir = tempfile_dir(dir)?;
+            println!("{}", apflow_apdb::bench::run_sqlite(&c, dir.path()).await?);
+            Ok(())
+        }
     }
 }
 
@@ -141,6 +170,31 @@ async fn bench_bus(
         mb / consume.as_secs_f64()
     );
     Ok(())
+}
+
+/// A directory for benchmark files: the given one, or a temporary one removed afterwards.
+enum BenchDir {
+    Given(std::path::PathBuf),
+    Temp(tempfile::TempDir),
+}
+
+impl BenchDir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Given(p) => p,
+            Self::Temp(t) => t.path(),
+        }
+    }
+}
+
+fn tempfile_dir(dir: Option<std::path::PathBuf>) -> anyhow::Result<BenchDir> {
+    Ok(match dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            BenchDir::Given(d)
+        }
+        None => BenchDir::Temp(tempfile::tempdir()?),
+    })
 }
 
 async fn futures_join<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
