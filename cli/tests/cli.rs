@@ -52,13 +52,12 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
     let started = Instant::now();
     let mut scraped = String::new();
     while started.elapsed() < Duration::from_secs(60) {
-        if let Ok(body) = http_get(&addr, "/metrics") {
-            if body.contains("apflow_run_visits_total 1")
-                || body.contains("apflow_run_visits_total 2")
-            {
-                scraped = body;
-                break;
-            }
+        if let Ok(body) = http_get(&addr, "/metrics")
+            && (body.contains("apflow_run_visits_total 1")
+                || body.contains("apflow_run_visits_total 2"))
+        {
+            scraped = body;
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

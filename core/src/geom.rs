@@ -379,7 +379,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn polygon_contains_matches_tangent_plane(ra in 0.0f64..6.28, dec in -1.4f64..1.4, x in -0.01f64..0.01, y in -0.01f64..0.01) {
+        fn polygon_contains_matches_tangent_plane(ra in 0.0f64..std::f64::consts::TAU, dec in -1.4f64..1.4, x in -0.01f64..0.01, y in -0.01f64..0.01) {
             let tp = TangentPlane::new(ra, dec);
             let h = 0.005;
             let poly = SkyPolygon::from_tangent_rect(&tp, -h, h, -h, h);
@@ -391,7 +391,7 @@ mod tests {
         }
 
         #[test]
-        fn margin_grows_the_polygon(ra in 0.0f64..6.28, dec in -1.3f64..1.3, y in -0.004f64..0.004) {
+        fn margin_grows_the_polygon(ra in 0.0f64..std::f64::consts::TAU, dec in -1.3f64..1.3, y in -0.004f64..0.004) {
             let tp = TangentPlane::new(ra, dec);
             let h = 0.005;
             let poly = SkyPolygon::from_tangent_rect(&tp, -h, h, -h, h);

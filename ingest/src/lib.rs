@@ -261,18 +261,27 @@ pub fn inspect(path: &Path) -> Result<RawHeader, IngestError> {
     loop {
         let hdu = match f.hdu(index) {
             Ok(h) => h,
-            Err(_) if index > 0 => break,
+            // cfitsio's END_OF_FILE: moved past the last HDU, the normal end.
+            Err(fitsio::errors::Error::Fits(e)) if index > 0 && e.status == 107 => break,
+            Err(e) if index > 0 => {
+                return Err(IngestError::Truncated {
+                    path: path.to_owned(),
+                    hdu: index,
+                    message: e.to_string(),
+                });
+            }
             Err(e) => return Err(unreadable(path, e)),
         };
-        if let HduInfo::ImageInfo { shape, .. } = &hdu.info {
-            if !shape.is_empty() && shape.iter().all(|n| *n > 0) {
-                hdu.read_image::<Vec<f32>>(&mut f)
-                    .map_err(|e| IngestError::Truncated {
-                        path: path.to_owned(),
-                        hdu: index,
-                        message: e.to_string(),
-                    })?;
-            }
+        if let HduInfo::ImageInfo { shape, .. } = &hdu.info
+            && !shape.is_empty()
+            && shape.iter().all(|n| *n > 0)
+        {
+            hdu.read_image::<Vec<f32>>(&mut f)
+                .map_err(|e| IngestError::Truncated {
+                    path: path.to_owned(),
+                    hdu: index,
+                    message: e.to_string(),
+                })?;
         }
         index += 1;
     }

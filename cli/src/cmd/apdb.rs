@@ -55,13 +55,12 @@ pub async fn run(cmd: ApdbCommand, config: &AppConfig) -> anyhow::Result<()> {
     match cmd {
         ApdbCommand::Create { url } => {
             let url = pick(url);
-            if let Some(path) = url.strip_prefix("sqlite://") {
-                if let Some(dir) = std::path::Path::new(path)
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                {
-                    std::fs::create_dir_all(dir)?;
-                }
+            let parent = url
+                .strip_prefix("sqlite://")
+                .and_then(|p| std::path::Path::new(p).parent())
+                .filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = parent {
+                std::fs::create_dir_all(dir)?;
             }
             println!("{}", apflow_apdb::create(&url, &config.apdb.config).await?);
         }

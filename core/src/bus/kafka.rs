@@ -188,11 +188,10 @@ impl BusBackend for KafkaBus {
             if tpl
                 .add_partition_offset(topic, partition, Offset::Offset(next))
                 .is_ok()
+                && let Err(e) = store.store_offsets(&tpl)
             {
-                if let Err(e) = store.store_offsets(&tpl) {
-                    // The partition was revoked: its next owner resumes at the last commit.
-                    tracing::debug!(topic, partition, error = %e, "Offset not stored.");
-                }
+                // The partition was revoked: its next owner resumes at the last commit.
+                tracing::debug!(topic, partition, error = %e, "Offset not stored.");
             }
         }));
         Ok(KafkaSubscription {

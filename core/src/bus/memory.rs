@@ -333,13 +333,13 @@ impl Drop for MemorySubscription {
             return;
         };
         for t in &self.topics {
-            if let Some(topic) = map.get_mut(t) {
-                if let Some(g) = topic.groups.get_mut(&self.group) {
-                    g.members = g.members.saturating_sub(1);
-                    if g.members == 0 {
-                        // Unacknowledged deliveries go to the next member.
-                        g.cursor = g.committed.clone();
-                    }
+            if let Some(topic) = map.get_mut(t)
+                && let Some(g) = topic.groups.get_mut(&self.group)
+            {
+                g.members = g.members.saturating_sub(1);
+                if g.members == 0 {
+                    // Unacknowledged deliveries go to the next member.
+                    g.cursor = g.committed.clone();
                 }
             }
         }

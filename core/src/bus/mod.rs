@@ -219,9 +219,9 @@ impl Delivery {
 pub enum Bus {
     /// In-process.
     Memory(memory::MemoryBus),
-    /// Apache Kafka.
+    /// Apache Kafka (boxed: the client is much larger than the in-process handle).
     #[cfg(feature = "kafka")]
-    Kafka(kafka::KafkaBus),
+    Kafka(Box<kafka::KafkaBus>),
 }
 
 /// A subscription of any backend.
@@ -253,7 +253,10 @@ impl Bus {
                         reason: "no brokers".into(),
                     });
                 }
-                Ok(Self::Kafka(kafka::KafkaBus::new(rest, &config.kafka)?))
+                Ok(Self::Kafka(Box::new(kafka::KafkaBus::new(
+                    rest,
+                    &config.kafka,
+                )?)))
             }
             #[cfg(not(feature = "kafka"))]
             "kafka" => {

@@ -226,10 +226,10 @@ where
                 let message = e.inner().to_string();
                 let mut keys = path_keys(&path);
                 // serde reports an unknown field at its parent's path; the message names it.
-                if let Some(field) = unknown_field(&message) {
-                    if keys.last() != Some(&field) {
-                        keys.push(field);
-                    }
+                if let Some(field) = unknown_field(&message)
+                    && keys.last() != Some(&field)
+                {
+                    keys.push(field);
                 }
                 let shown = keys.join(".");
                 issues.push(ConfigIssue {
