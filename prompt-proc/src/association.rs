@@ -365,31 +365,22 @@ pub fn summarize(obj: &mut DiaObject, sources: &[&DiaSource], forced: &[&DiaForc
             st.psf_flux_err_mean = Some(lc.err_mean as f32);
         }
         let fb: Vec<&&DiaForcedSource> = forced.iter().filter(|f| f.band == *band).collect();
-        let pts: Vec<_> = fb
-            .iter()
-            .filter_map(|f| {
-                Some((
-                    f.midpoint_mjd_tai.0,
-                    f64::from(f.psf_flux?),
-                    f64::from(f.psf_flux_err?),
-                ))
-            })
-            .collect();
-        if let Some(lc) = light_curve(&pts) {
+        // The same light-curve summary over forced PSF fluxes and science-image fluxes.
+        let forced_curve = |flux: fn(&DiaForcedSource) -> Option<(f32, f32)>| {
+            let pts: Vec<_> = fb
+                .iter()
+                .filter_map(|f| {
+                    let (v, e) = flux(f)?;
+                    Some((f.midpoint_mjd_tai.0, f64::from(v), f64::from(e)))
+                })
+                .collect();
+            light_curve(&pts)
+        };
+        if let Some(lc) = forced_curve(|f| Some((f.psf_flux?, f.psf_flux_err?))) {
             st.fp_flux_mean = Some(lc.mean as f32);
             st.fp_flux_mean_err = Some(lc.mean_err as f32);
         }
-        let pts: Vec<_> = fb
-            .iter()
-            .filter_map(|f| {
-                Some((
-                    f.midpoint_mjd_tai.0,
-                    f64::from(f.science_flux?),
-                    f64::from(f.science_flux_err?),
-                ))
-            })
-            .collect();
-        if let Some(lc) = light_curve(&pts) {
+        if let Some(lc) = forced_curve(|f| Some((f.science_flux?, f.science_flux_err?))) {
             st.science_flux_mean = Some(lc.mean as f32);
             st.science_flux_mean_err = Some(lc.mean_err as f32);
         }

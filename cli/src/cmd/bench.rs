@@ -70,8 +70,11 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             if let Some(r) = repeats {
                 c.repeats = r;
             }
-            let dir = tempfile_dir(dir)?;
-            println!("{}", apflow_apdb::bench::run_sqlite(&c, dir.path()).await?);
+            // A given directory is kept; otherwise a temporary one is removed afterwards.
+            let tmp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
+            std::fs::create_dir_all(&dir)?;
+            println!("{}", apflow_apdb::bench::run_sqlite(&c, &dir).await?);
             Ok(())
         }
     }
@@ -143,7 +146,7 @@ async fn bench_bus(
                 headers: vec![],
             })
         });
-        for r in futures_join(batch).await {
+        for r in futures::future::join_all(batch).await {
             r?;
         }
         sent += n;
@@ -170,42 +173,4 @@ async fn bench_bus(
         mb / consume.as_secs_f64()
     );
     Ok(())
-}
-
-/// A directory for benchmark files: the given one, or a temporary one removed afterwards.
-enum BenchDir {
-    Given(std::path::PathBuf),
-    Temp(tempfile::TempDir),
-}
-
-impl BenchDir {
-    fn path(&self) -> &std::path::Path {
-        match self {
-            Self::Given(p) => p,
-            Self::Temp(t) => t.path(),
-        }
-    }
-}
-
-fn tempfile_dir(dir: Option<std::path::PathBuf>) -> anyhow::Result<BenchDir> {
-    Ok(match dir {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            BenchDir::Given(d)
-        }
-        None => BenchDir::Temp(tempfile::tempdir()?),
-    })
-}
-
-async fn futures_join<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<F> = futs.collect();
-    let mut out = Vec::with_capacity(futs.len());
-    // Poll them concurrently: the producer batches what is in flight together.
-    let joined = futures_util_join_all(futs).await;
-    out.extend(joined);
-    out
-}
-
-async fn futures_util_join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
-    futures::future::join_all(futs).await
 }

@@ -78,7 +78,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 #[derive(Debug, Default)]
 struct Accounting {
-    announced: usize,
     dead_letters: Vec<DeadLetter>,
     latencies: Vec<f64>,
     bytes: u64,
@@ -92,14 +91,13 @@ async fn account(publisher: EventPublisher, expected: usize) -> anyhow::Result<A
         EventConsumer::<DeadLetter>::subscribe(&publisher, "accounting-dead-letters", "accounting")
             .await?;
     let mut acc = Accounting::default();
-    while acc.announced + acc.dead_letters.len() < expected {
+    while acc.latencies.len() + acc.dead_letters.len() < expected {
         tokio::select! {
             r = raw.next() => {
                 let (e, d) = r?;
                 let latency = (Utc::now() - e.readout_end).as_seconds_f64();
                 acc.latencies.push(latency);
                 acc.bytes += e.size_bytes;
-                acc.announced += 1;
                 d.ack();
             }
             r = dlq.next() => {
@@ -303,7 +301,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     println!("  visits          {}", night.visits().len());
     println!(
         "  detector images {expected} read out, {} ingested, {} dead-lettered",
-        acc.announced,
+        acc.latencies.len(),
         acc.dead_letters.len()
     );
     for l in &acc.dead_letters {

@@ -350,6 +350,18 @@ impl Drop for MemorySubscription {
 mod tests {
     use super::*;
 
+    /// A bus holding topic `t` with `partitions` partitions.
+    async fn bus_with_topic(max_retained_bytes: usize, partitions: i32) -> MemoryBus {
+        let bus = MemoryBus::new(MemoryBusConfig { max_retained_bytes });
+        bus.ensure_topics(&[TopicSpec {
+            name: "t".into(),
+            partitions,
+        }])
+        .await
+        .unwrap();
+        bus
+    }
+
     fn rec(topic: &str, key: &str, v: u8) -> Record {
         Record {
             topic: topic.into(),
@@ -370,13 +382,7 @@ mod tests {
 
     #[tokio::test]
     async fn committed_messages_are_trimmed_and_groups_are_independent() {
-        let bus = MemoryBus::new(MemoryBusConfig::default());
-        bus.ensure_topics(&[TopicSpec {
-            name: "t".into(),
-            partitions: 2,
-        }])
-        .await
-        .unwrap();
+        let bus = bus_with_topic(MemoryBusConfig::default().max_retained_bytes, 2).await;
         let mut a = bus.subscribe(&["t".into()], "a").await.unwrap();
         let mut b = bus.subscribe(&["t".into()], "b").await.unwrap();
         for i in 0..6 {
@@ -394,13 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn unacked_deliveries_are_redelivered_to_the_next_member() {
-        let bus = MemoryBus::new(MemoryBusConfig::default());
-        bus.ensure_topics(&[TopicSpec {
-            name: "t".into(),
-            partitions: 1,
-        }])
-        .await
-        .unwrap();
+        let bus = bus_with_topic(MemoryBusConfig::default().max_retained_bytes, 1).await;
         for i in 0..3 {
             bus.publish(rec("t", "k", i)).await.unwrap();
         }
@@ -415,15 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn publishers_wait_for_consumers_when_full() {
-        let bus = MemoryBus::new(MemoryBusConfig {
-            max_retained_bytes: 25,
-        });
-        bus.ensure_topics(&[TopicSpec {
-            name: "t".into(),
-            partitions: 1,
-        }])
-        .await
-        .unwrap();
+        let bus = bus_with_topic(25, 1).await;
         let mut s = bus.subscribe(&["t".into()], "g").await.unwrap();
         bus.publish(rec("t", "k", 0)).await.unwrap();
         bus.publish(rec("t", "k", 1)).await.unwrap();
@@ -442,15 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_consumers_the_oldest_messages_are_dropped() {
-        let bus = MemoryBus::new(MemoryBusConfig {
-            max_retained_bytes: 25,
-        });
-        bus.ensure_topics(&[TopicSpec {
-            name: "t".into(),
-            partitions: 1,
-        }])
-        .await
-        .unwrap();
+        let bus = bus_with_topic(25, 1).await;
         for i in 0..5 {
             bus.publish(rec("t", "k", i)).await.unwrap();
         }
