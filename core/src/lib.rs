@@ -11,3 +11,4 @@ pub mod geom;
 pub mod ids;
 pub mod telemetry;
 pub mod time;
+pub mod wcs;

@@ -1,8 +1,16 @@
-//! Prompt processing stages of apflow that take plain values and return plain values.
+//! Prompt processing stages of apflow: each stage is a function over images and
+//! catalogues (no I/O), composed per detector by the pipeline.
 //!
-//! So far: [`association`] of DiaSources with DiaObjects and predicted solar-system
-//! positions, DiaObject summary statistics, and the choice of forced-photometry targets.
-//! The science core (ISR, subtraction, detection, measurement, forced PSF photometry on
-//! pixels) will live beside it.
+//! Shared types: [`image`] (images, mask planes, masked images), [`psf`] (the PSF
+//! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
+//! DiaObjects and predicted solar-system positions, DiaObject summary statistics, and
+//! the choice of forced-photometry targets.
 
 pub mod association;
+pub mod error;
+pub mod image;
+pub mod psf;
+
+pub use error::ScienceError;
+pub use image::{Image, MaskedImage};
+pub use psf::Psf;
