@@ -8,6 +8,7 @@
 
 pub mod association;
 pub mod error;
+pub mod fitsimage;
 pub mod image;
 pub mod psf;
 
