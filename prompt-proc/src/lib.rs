@@ -9,7 +9,10 @@
 pub mod association;
 pub mod error;
 pub mod image;
+pub mod io;
+pub mod isr;
 pub mod psf;
+pub mod warp;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
