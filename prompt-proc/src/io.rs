@@ -300,6 +300,9 @@ pub struct MasterCalibs {
     /// `1 / flat`, 0 where the flat is not positive and finite (precomputed once per
     /// detector so ISR multiplies).
     pub inv_flat: Image<f32>,
+    /// Typical (median) dark current, e⁻/s, for the variance of normal pixels.
+    pub dark_level: f32,
+    defects: std::sync::OnceLock<(f32, f32, Vec<usize>)>,
 }
 
 impl MasterCalibs {
@@ -324,12 +327,38 @@ impl MasterCalibs {
                 0.0
             }
         });
+        let mut sample: Vec<f32> = dark.data().iter().step_by(97).copied().collect();
+        let dark_level = crate::image::median_and_iqr_sigma(&mut sample)
+            .map(|(m, _)| m.max(0.0))
+            .unwrap_or(0.0);
         Ok(Self {
             bias,
             dark,
             flat,
             inv_flat,
+            dark_level,
+            defects: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Row-major indices of defective pixels: dark above `hot_e_per_s`, flat below
+    /// `dead_flat` or not finite and positive, or a non-finite bias or dark. Computed
+    /// once per thresholds and cached (the calibrations serve a whole night).
+    pub fn defects(&self, hot_e_per_s: f32, dead_flat: f32) -> std::borrow::Cow<'_, [usize]> {
+        let compute = || -> Vec<usize> {
+            let (b, d, f) = (self.bias.data(), self.dark.data(), self.flat.data());
+            (0..b.len())
+                .filter(|&i| !(d[i] <= hot_e_per_s) || !(f[i] >= dead_flat) || !b[i].is_finite())
+                .collect()
+        };
+        let c = self
+            .defects
+            .get_or_init(|| (hot_e_per_s, dead_flat, compute()));
+        if c.0 == hot_e_per_s && c.1 == dead_flat {
+            std::borrow::Cow::Borrowed(&c.2)
+        } else {
+            std::borrow::Cow::Owned(compute())
+        }
     }
 
     /// `(width, height)`.

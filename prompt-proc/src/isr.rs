@@ -300,57 +300,65 @@ fn overscan_levels(amp: &RawAmp, cfg: &IsrConfig) -> Vec<f32> {
         .collect()
 }
 
-/// One snap → charge in e⁻ (before the flat), dark subtracted, assembled. Saturated
-/// pixels are OR-ed into `mask` and listed in `sat`.
-fn snap_to_electrons(
+/// One amplifier row of raw data, in readout order.
+#[derive(Clone, Copy)]
+enum RawRow<'a> {
+    I32(&'a [i32]),
+    F32(&'a [f32]),
+}
+
+/// Calls `f(amp, y, xmin, row, overscan level, saturation threshold in ADU)` for every
+/// data row of every amplifier of `snap`.
+fn for_each_amp_row(
     snap: &RawSnap,
-    calibs: &MasterCalibs,
     cfg: &IsrConfig,
-    out: &mut Image<f32>,
-    mask_img: &mut Image<u32>,
-    sat: &mut Vec<usize>,
+    mut f: impl FnMut(&RawAmp, usize, usize, RawRow<'_>, f32, f32),
 ) {
-    let w = out.width();
-    let dt = snap.meta.darktime_s as f32;
     let full_well =
         snap.meta.full_well_e.unwrap_or(cfg.default_full_well_e) * cfg.full_well_fraction;
     for amp in &snap.amps {
         let levels = overscan_levels(amp, cfg);
-        let g = amp.gain as f32;
         let (dw, dx0) = (amp.datasec.width(), amp.datasec.x_min());
         let xmin = amp.detsec.x_min();
-        let flip = amp.detsec.flip_x();
         for (j, &os) in levels.iter().enumerate() {
             let r = amp.datasec.y_min() + j;
             let y = amp.detsec.y_at(j);
             let start = r * amp.width + dx0;
             let thr = (amp.saturate_adu.min(f64::from(os) + full_well / amp.gain)) as f32;
-            let bias = &calibs.bias.row(y)[xmin..xmin + dw];
-            let dark = &calibs.dark.row(y)[xmin..xmin + dw];
-            let o = &mut out.row_mut(y)[xmin..xmin + dw];
-            let any_sat = match &amp.data {
-                RawPixels::I32(v) => {
-                    let raw = &v[start..start + dw];
-                    convert(raw, flip, os, g, dt, bias, dark, o);
-                    raw.iter().any(|&v| v as f32 >= thr)
-                }
-                RawPixels::F32(v) => {
-                    let raw = &v[start..start + dw];
-                    convert(raw, flip, os, g, dt, bias, dark, o);
-                    raw.iter().any(|&v| v >= thr)
-                }
+            let row = match &amp.data {
+                RawPixels::I32(v) => RawRow::I32(&v[start..start + dw]),
+                RawPixels::F32(v) => RawRow::F32(&v[start..start + dw]),
             };
-            if any_sat {
-                for i in 0..dw {
-                    if amp.data.get(start + i) >= thr {
-                        let x = amp.detsec.x_at(i);
-                        let idx = y * w + x;
-                        if mask_img.data()[idx] & mask::SAT == 0 {
-                            mask_img.data_mut()[idx] |= mask::SAT;
-                            sat.push(idx);
-                        }
-                    }
-                }
+            f(amp, y, xmin, row, os, thr);
+        }
+    }
+}
+
+/// Saturated pixels of a raw row → detector indices.
+fn find_saturated(
+    amp: &RawAmp,
+    row: RawRow<'_>,
+    thr: f32,
+    y: usize,
+    w: usize,
+    sat: &mut Vec<usize>,
+) {
+    let hit = match row {
+        RawRow::I32(r) => r.iter().fold(false, |acc, &v| acc | (v as f32 >= thr)),
+        RawRow::F32(r) => r.iter().fold(false, |acc, &v| acc | (v >= thr)),
+    };
+    if hit {
+        let n = match row {
+            RawRow::I32(r) => r.len(),
+            RawRow::F32(r) => r.len(),
+        };
+        for i in 0..n {
+            let v = match row {
+                RawRow::I32(r) => r[i] as f32,
+                RawRow::F32(r) => r[i],
+            };
+            if v >= thr {
+                sat.push(y * w + amp.detsec.x_at(i));
             }
         }
     }
@@ -372,6 +380,7 @@ impl RawValue for f32 {
     }
 }
 
+/// `out = (raw − os − bias) g − dark dt` (detector order; `raw` reversed when flipped).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn convert<T: RawValue>(
@@ -392,6 +401,70 @@ fn convert<T: RawValue>(
     } else {
         for (((o, &r), &b), &d) in out.iter_mut().zip(raw).zip(bias).zip(dark) {
             *o = f(r, b, d);
+        }
+    }
+}
+
+/// `out = (raw − os) g` (detector order).
+#[inline]
+fn convert_plain<T: RawValue>(raw: &[T], flip: bool, os: f32, g: f32, out: &mut [f32]) {
+    if flip {
+        for (o, &r) in out.iter_mut().zip(raw.iter().rev()) {
+            *o = (r.f() - os) * g;
+        }
+    } else {
+        for (o, &r) in out.iter_mut().zip(raw) {
+            *o = (r.f() - os) * g;
+        }
+    }
+}
+
+/// The second snap of a pair, fused with the first's bias and dark subtraction, the
+/// sum and the cosmic-ray seed test. `c1` holds snap 1's `(raw − os) g` and becomes the
+/// sum; `c2` receives snap 2's charge.
+struct PairRow<'a> {
+    bias: &'a [f32],
+    dark: &'a [f32],
+    noise: &'a [f32],
+    g: f32,
+    os: f32,
+    dt1: f32,
+    dt2: f32,
+    alpha: f32,
+    n2: f32,
+}
+
+impl PairRow<'_> {
+    #[inline]
+    fn run<'r, T: RawValue + 'r>(
+        &self,
+        raw: impl Iterator<Item = &'r T>,
+        c1: &mut [f32],
+        c2: &mut [f32],
+        base: usize,
+        seeds: &mut Vec<(usize, f32, bool)>,
+    ) {
+        let al = self.alpha;
+        let k2 = 1.0 + al * al;
+        for (k, ((((s, o2), &r), &b), &d)) in c1
+            .iter_mut()
+            .zip(c2.iter_mut())
+            .zip(raw)
+            .zip(self.bias)
+            .zip(self.dark)
+            .enumerate()
+        {
+            let bg = b * self.g;
+            let a = *s - bg - d * self.dt1;
+            let bb = (r.f() - self.os) * self.g - bg - d * self.dt2;
+            *o2 = bb;
+            *s = a + bb;
+            let diff = a - al * bb;
+            let m = (0.5 * (a + al * bb)).max(0.0);
+            let var = m * (1.0 + al) + self.noise[k] * k2;
+            if diff * diff > self.n2 * var {
+                seeds.push((base + k, var.sqrt(), diff > 0.0));
+            }
         }
     }
 }
@@ -492,16 +565,192 @@ pub fn run(
     calibs: &MasterCalibs,
     cfg: &IsrConfig,
 ) -> Result<IsrOutput, ScienceError> {
+    run_reusing(snaps, calibs, cfg, None)
+}
+
+/// As [`run`], reusing the pixel buffers of a previous output of the same size
+/// (`recycle`) instead of allocating: fresh 64 MB buffers cost a page fault per 4 kB
+/// on first touch, a large share of ISR's time on a 4096² detector.
+pub fn run_reusing(
+    snaps: &[RawSnap],
+    calibs: &MasterCalibs,
+    cfg: &IsrConfig,
+    recycle: Option<MaskedImage>,
+) -> Result<IsrOutput, ScienceError> {
     let (w, h) = check_inputs(snaps, calibs)?;
-    let n = w * h;
-    let mut mask_img: Image<u32> = Image::new(w, h);
+    let (mut buf1, mut buf2, mask_img) = match recycle {
+        Some(m) if m.dims() == (w, h) => (m.image, m.variance, m.mask),
+        _ => (Image::new(w, h), Image::new(w, h), Image::new(w, h)),
+    };
+    let noise = NoiseBands::new(&snaps[0].amps, w, h);
+    let ratios = psf_ratios(&snaps[0].meta, cfg);
+    let nsig = cfg.cr_n_sigma;
+    let n2 = nsig * nsig;
+    let c = cfg.cr_sharpness;
+    let t: Vec<f64> = snaps.iter().map(|s| s.meta.exptime_s).collect();
+    let total_t: f64 = t.iter().sum();
+    let dt_total: f32 = snaps.iter().map(|s| s.meta.darktime_s as f32).sum();
     let mut sat = Vec::new();
-    let mut charges: Vec<Image<f32>> = Vec::with_capacity(snaps.len());
-    for s in snaps {
-        let mut c = Image::new(w, h);
-        snap_to_electrons(s, calibs, cfg, &mut c, &mut mask_img, &mut sat);
-        charges.push(c);
+    let mut cr_interp: Vec<usize> = Vec::new();
+    // (pixel, scale 1 + α of the replacement).
+    let mut cr_replaced: Vec<(usize, f32)> = Vec::new();
+    let two = snaps.len() == 2;
+    if two {
+        // Snap 1: (raw − os) g only; bias and dark are subtracted in the fused pass.
+        for_each_amp_row(&snaps[0], cfg, |amp, y, xmin, row, os, thr| {
+            let g = amp.gain as f32;
+            let o = &mut buf1.row_mut(y)[xmin..xmin + amp.detsec.width()];
+            match row {
+                RawRow::I32(r) => convert_plain(r, amp.detsec.flip_x(), os, g, o),
+                RawRow::F32(r) => convert_plain(r, amp.detsec.flip_x(), os, g, o),
+            }
+            find_saturated(amp, row, thr, y, w, &mut sat);
+        });
+        let alpha = (t[0] / t[1]) as f32;
+        let (dt1, dt2) = (
+            snaps[0].meta.darktime_s as f32,
+            snaps[1].meta.darktime_s as f32,
+        );
+        let mut seeds: Vec<(usize, f32, bool)> = Vec::new();
+        for_each_amp_row(&snaps[1], cfg, |amp, y, xmin, row, os, thr| {
+            let dw = amp.detsec.width();
+            let pr = PairRow {
+                bias: &calibs.bias.row(y)[xmin..xmin + dw],
+                dark: &calibs.dark.row(y)[xmin..xmin + dw],
+                noise: &noise.row(y)[xmin..xmin + dw],
+                g: amp.gain as f32,
+                os,
+                dt1,
+                dt2,
+                alpha,
+                n2,
+            };
+            let c1 = &mut buf1.row_mut(y)[xmin..xmin + dw];
+            let c2 = &mut buf2.row_mut(y)[xmin..xmin + dw];
+            let base = y * w + xmin;
+            match (row, amp.detsec.flip_x()) {
+                (RawRow::I32(r), false) => pr.run(r.iter(), c1, c2, base, &mut seeds),
+                (RawRow::I32(r), true) => pr.run(r.iter().rev(), c1, c2, base, &mut seeds),
+                (RawRow::F32(r), false) => pr.run(r.iter(), c1, c2, base, &mut seeds),
+                (RawRow::F32(r), true) => pr.run(r.iter().rev(), c1, c2, base, &mut seeds),
+            }
+            find_saturated(amp, row, thr, y, w, &mut sat);
+        });
+        sat.sort_unstable();
+        sat.dedup();
+        // buf1 = sum, buf2 = c2, so c1 = sum − c2 and D = sum − (1 + α) c2.
+        let (s, c2) = (buf1.data(), buf2.data());
+        let k1 = 1.0 + alpha;
+        let diff1 = |i: usize| s[i] - k1 * c2[i];
+        let diff2 = |i: usize| k1 * c2[i] - s[i];
+        let (mut keep1, mut keep2) = (Vec::new(), Vec::new());
+        for &(i, sig, first) in &seeds {
+            if sat.binary_search(&i).is_ok() {
+                continue;
+            }
+            let f: &dyn Fn(usize) -> f32 = if first { &diff1 } else { &diff2 };
+            if is_sharp(f, i, i % w, i / w, w, h, sig, &ratios, c) {
+                if first {
+                    keep1.push(i);
+                } else {
+                    keep2.push(i);
+                }
+            }
+        }
+        let hit1 = grow(&keep1, w, h, cfg.cr_grow);
+        let hit2 = grow(&keep2, w, h, cfg.cr_grow);
+        let s2 = 1.0 + 1.0 / alpha;
+        let (s, c2) = (buf1.data_mut(), buf2.data());
+        for &i in &hit1 {
+            if hit2.binary_search(&i).is_ok() {
+                cr_interp.push(i);
+            } else {
+                s[i] = k1 * c2[i];
+                cr_replaced.push((i, k1));
+            }
+        }
+        for &i in &hit2 {
+            if hit1.binary_search(&i).is_err() {
+                s[i] = s2 * (s[i] - c2[i]);
+                cr_replaced.push((i, s2));
+            }
+        }
+        let mut all_cr: Vec<usize> = hit1.iter().chain(&hit2).copied().collect();
+        all_cr.sort_unstable();
+        all_cr.dedup();
+        return finish(
+            snaps,
+            calibs,
+            cfg,
+            buf1,
+            buf2,
+            mask_img,
+            sat,
+            all_cr,
+            cr_interp,
+            cr_replaced,
+            None,
+            &noise,
+            dt_total,
+            total_t,
+        );
     }
+    for_each_amp_row(&snaps[0], cfg, |amp, y, xmin, row, os, thr| {
+        let g = amp.gain as f32;
+        let dw = amp.detsec.width();
+        let dt = snaps[0].meta.darktime_s as f32;
+        let bias = &calibs.bias.row(y)[xmin..xmin + dw];
+        let dark = &calibs.dark.row(y)[xmin..xmin + dw];
+        let o = &mut buf1.row_mut(y)[xmin..xmin + dw];
+        match row {
+            RawRow::I32(r) => convert(r, amp.detsec.flip_x(), os, g, dt, bias, dark, o),
+            RawRow::F32(r) => convert(r, amp.detsec.flip_x(), os, g, dt, bias, dark, o),
+        }
+        find_saturated(amp, row, thr, y, w, &mut sat);
+    });
+    sat.sort_unstable();
+    sat.dedup();
+    let sky = block_sky(&buf1, cfg.sky_block);
+    finish(
+        snaps,
+        calibs,
+        cfg,
+        buf1,
+        buf2,
+        mask_img,
+        sat,
+        Vec::new(),
+        cr_interp,
+        cr_replaced,
+        Some((sky, ratios)),
+        &noise,
+        dt_total,
+        total_t,
+    )
+}
+
+/// Saturation growth and checks, flat field, variance, masks, single-snap cosmic
+/// rays, interpolation. `buf1` holds the summed charge (e⁻), `buf2` becomes the
+/// variance.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    snaps: &[RawSnap],
+    calibs: &MasterCalibs,
+    cfg: &IsrConfig,
+    mut sum: Image<f32>,
+    mut variance: Image<f32>,
+    mut mask_img: Image<u32>,
+    sat: Vec<usize>,
+    mut all_cr: Vec<usize>,
+    mut cr_interp: Vec<usize>,
+    cr_replaced: Vec<(usize, f32)>,
+    single: Option<((Vec<f32>, usize, usize), [f32; 4])>,
+    noise: &NoiseBands,
+    dt_total: f32,
+    total_t: f64,
+) -> Result<IsrOutput, ScienceError> {
+    let (w, h) = sum.dims();
+    let n = w * h;
     // Saturation: grow along columns (bleed ends) and by one column.
     let sat_grown = if sat.is_empty() {
         sat
@@ -524,133 +773,16 @@ pub fn run(
         g.dedup();
         g
     };
-    for &i in &sat_grown {
-        mask_img.data_mut()[i] |= mask::SAT;
-    }
     let sat_fraction = sat_grown.len() as f64 / n as f64;
     if sat_fraction > cfg.max_saturated_fraction {
         return Err(ScienceError::Saturated {
             fraction: 100.0 * sat_fraction,
         });
     }
-
-    let noise = NoiseBands::new(&snaps[0].amps, w, h);
-    let ratios = psf_ratios(&snaps[0].meta, cfg);
-    let nsig = cfg.cr_n_sigma;
-    let n2 = nsig * nsig;
-    let c = cfg.cr_sharpness;
-    let t: Vec<f64> = snaps.iter().map(|s| s.meta.exptime_s).collect();
-    let total_t: f64 = t.iter().sum();
-    let dt_total: f32 = snaps.iter().map(|s| s.meta.darktime_s as f32).sum();
-    let mut cr_interp: Vec<usize> = Vec::new();
-    // (pixel, scale 1 + α of the replacement).
-    let mut cr_replaced: Vec<(usize, f32)> = Vec::new();
-    let mut sum;
-    if charges.len() == 2 {
-        let c2 = charges.pop().expect("two snaps");
-        let c1 = charges.pop().expect("two snaps");
-        let alpha = (t[0] / t[1]) as f32;
-        sum = Image::new(w, h);
-        let (mut seeds1, mut seeds2) = (Vec::new(), Vec::new());
-        for y in 0..h {
-            let (r1, r2) = (c1.row(y), c2.row(y));
-            let nl = noise.row(y);
-            let srow = sum.row_mut(y);
-            for x in 0..w {
-                let (a, b) = (r1[x], r2[x]);
-                srow[x] = a + b;
-                let d = a - alpha * b;
-                // Snap-1 charge expected from both snaps (a hit inflates its own
-                // threshold by at most its half).
-                let m = (0.5 * (a + alpha * b)).max(0.0);
-                let var = m * (1.0 + alpha) + nl[x] * (1.0 + alpha * alpha);
-                if d * d > n2 * var {
-                    if d > 0.0 {
-                        seeds1.push((y * w + x, var.sqrt()));
-                    } else {
-                        seeds2.push((y * w + x, var.sqrt()));
-                    }
-                }
-            }
-        }
-        let diff1 = |i: usize| c1.data()[i] - alpha * c2.data()[i];
-        let diff2 = |i: usize| alpha * c2.data()[i] - c1.data()[i];
-        let md = mask_img.data();
-        let keep = |seeds: Vec<(usize, f32)>, f: &dyn Fn(usize) -> f32| -> Vec<usize> {
-            seeds
-                .into_iter()
-                .filter(|&(i, s)| {
-                    md[i] & mask::SAT == 0 && is_sharp(f, i, i % w, i / w, w, h, s, &ratios, c)
-                })
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let hit1 = grow(&keep(seeds1, &diff1), w, h, cfg.cr_grow);
-        let hit2 = grow(&keep(seeds2, &diff2), w, h, cfg.cr_grow);
-        let s = sum.data_mut();
-        let (s1, s2) = (1.0 + alpha, 1.0 + 1.0 / alpha);
-        let in2 = |i: usize| hit2.binary_search(&i).is_ok();
-        let in1 = |i: usize| hit1.binary_search(&i).is_ok();
-        for &i in &hit1 {
-            if in2(i) {
-                cr_interp.push(i);
-            } else {
-                s[i] = s1 * c2.data()[i];
-                cr_replaced.push((i, s1));
-            }
-        }
-        for &i in &hit2 {
-            if !in1(i) {
-                s[i] = s2 * c1.data()[i];
-                cr_replaced.push((i, s2));
-            }
-        }
-        let md = mask_img.data_mut();
-        for &i in hit1.iter().chain(&hit2) {
-            md[i] |= mask::CR;
-        }
-    } else {
-        sum = charges.pop().expect("one snap");
-        let (sky, nbx, block) = block_sky(&sum, cfg.sky_block);
-        let mut seeds = Vec::new();
-        for y in 0..h {
-            let row = sum.row(y);
-            let nl = noise.row(y);
-            let srow = &sky[(y / block) * nbx..];
-            for x in 0..w {
-                let b = srow[x / block];
-                let v = row[x] - b;
-                let var = b.max(0.0) + nl[x];
-                if v > 0.0 && v * v > n2 * var {
-                    seeds.push((y * w + x, var.sqrt(), b));
-                }
-            }
-        }
-        let md = mask_img.data();
-        let data = sum.data();
-        let mut kept = Vec::new();
-        for (i, s, b) in seeds {
-            let f = |k: usize| data[k] - b;
-            if md[i] & mask::SAT == 0 && is_sharp(&f, i, i % w, i / w, w, h, s, &ratios, c) {
-                kept.push(i);
-            }
-        }
-        let hit = grow(&kept, w, h, cfg.cr_grow);
-        let md = mask_img.data_mut();
-        let s = sum.data_mut();
-        for &i in &hit {
-            md[i] |= mask::CR;
-            // Placeholder so the smoothed variance ignores the hit; interpolated below.
-            s[i] = sky[(i / w / block) * nbx + (i % w) / block];
-        }
-        cr_interp = hit;
-    }
-
-    // Flat field, variance, BAD; in place over `sum` (rows y±1 are box-summed from
-    // horizontal 3-sums computed before row y is overwritten).
-    let mut variance: Image<f32> = Image::new(w, h);
-    let mut nan_count = 0usize;
-    let mut to_interp: Vec<usize> = Vec::new();
+    // Flat field and variance in place over `sum` (rows y±1 are box-summed from
+    // horizontal 3-sums computed before row y is overwritten); the mask is cleared.
+    let mut nonfinite: Vec<usize> = Vec::new();
+    let mut seeds: Vec<(usize, f32, f32)> = Vec::new();
     let hsum = |row: &[f32], out: &mut Vec<f32>| {
         out.clear();
         let m = row.len();
@@ -660,17 +792,15 @@ pub fn run(
             return;
         }
         out.push(2.0 * g(row[0]) + g(row[1]));
-        for x in 1..m - 1 {
-            out.push(g(row[x - 1]) + g(row[x]) + g(row[x + 1]));
-        }
+        out.extend(row.windows(3).map(|t| g(t[0]) + g(t[1]) + g(t[2])));
         out.push(g(row[m - 2]) + 2.0 * g(row[m - 1]));
     };
     let (mut hprev, mut hcur, mut hnext) = (Vec::with_capacity(w), Vec::new(), Vec::new());
     hsum(sum.row(0), &mut hcur);
     hprev.extend_from_slice(&hcur);
-    let hot = cfg.hot_dark_e_per_s;
-    let dead = cfg.dead_flat_below;
     let nsnap = snaps.len() as f32;
+    let dark_e = calibs.dark_level * dt_total;
+    let n2 = cfg.cr_n_sigma * cfg.cr_n_sigma;
     for y in 0..h {
         if y + 1 < h {
             hsum(sum.row(y + 1), &mut hnext);
@@ -679,38 +809,58 @@ pub fn run(
             hnext.extend_from_slice(&hcur);
         }
         let nl = noise.row(y);
-        let dark = calibs.dark.row(y);
-        let flat = calibs.flat.row(y);
         let inv = calibs.inv_flat.row(y);
+        mask_img.row_mut(y).fill(0);
         let vrow = variance.row_mut(y);
-        let mrow = &mut mask_img.row_mut(y)[..];
         let srow = &mut sum.data_mut()[y * w..(y + 1) * w];
+        let mut bad = 0u32;
+        if let Some(((sky, nbx, block), _)) = &single {
+            let skyrow = &sky[(y / block) * nbx..];
+            for x in 0..w {
+                let ve = ((hprev[x] + hcur[x] + hnext[x]) * (1.0 / 9.0) + dark_e).max(0.0)
+                    + nsnap * nl[x];
+                let b = skyrow[x / block];
+                let e = srow[x] - b;
+                if e > 0.0 && e * e > n2 * ve {
+                    seeds.push((y * w + x, ve.sqrt() * inv[x], b * inv[x]));
+                }
+            }
+        }
         for x in 0..w {
             let m = (hprev[x] + hcur[x] + hnext[x]) * (1.0 / 9.0);
-            let ve = (m + dark[x] * dt_total).max(0.0) + nsnap * nl[x];
+            let ve = (m + dark_e).max(0.0) + nsnap * nl[x];
             let fi = inv[x];
             let v = srow[x] * fi;
             srow[x] = v;
             vrow[x] = ve * fi * fi;
-            let is_bad = !v.is_finite() || dark[x] > hot || !(flat[x] >= dead) || fi == 0.0;
-            if is_bad {
-                if !v.is_finite() {
-                    nan_count += 1;
-                }
-                mrow[x] |= mask::BAD;
-            }
-            if mrow[x] & (mask::BAD | mask::SAT) != 0 {
-                to_interp.push(y * w + x);
-            }
+            bad += u32::from(!v.is_finite());
+        }
+        if bad > 0 {
+            nonfinite.extend((0..w).filter(|&x| !srow[x].is_finite()).map(|x| y * w + x));
         }
         std::mem::swap(&mut hprev, &mut hcur);
         std::mem::swap(&mut hcur, &mut hnext);
     }
-    let nan_fraction = nan_count as f64 / n as f64;
+    let nan_fraction = nonfinite.len() as f64 / n as f64;
     if nan_fraction > cfg.max_nan_fraction {
         return Err(ScienceError::NanImage {
             fraction: 100.0 * nan_fraction,
         });
+    }
+    if let Some((_, ratios)) = &single {
+        let data = sum.data();
+        let mut kept = Vec::new();
+        for &(i, s, b) in &seeds {
+            if sat_grown.binary_search(&i).is_ok() {
+                continue;
+            }
+            let f = |k: usize| data[k] - b;
+            if is_sharp(&f, i, i % w, i / w, w, h, s, ratios, cfg.cr_sharpness) {
+                kept.push(i);
+            }
+        }
+        all_cr = grow(&kept, w, h, cfg.cr_grow);
+        cr_interp = all_cr.clone();
     }
     // Variance of CR pixels replaced from the other snap: (1+α)(V − Σrn²) + (1+α)² rn².
     for &(i, k) in &cr_replaced {
@@ -723,20 +873,41 @@ pub fn run(
             variance.data_mut()[i] = vr * fi * fi;
         }
     }
+    let defects = calibs.defects(cfg.hot_dark_e_per_s, cfg.dead_flat_below);
+    {
+        let md = mask_img.data_mut();
+        for &i in defects.iter().chain(&nonfinite) {
+            md[i] |= mask::BAD;
+        }
+        for &i in &sat_grown {
+            md[i] |= mask::SAT;
+        }
+        for &i in &all_cr {
+            md[i] |= mask::CR;
+        }
+    }
+    let mut to_interp: Vec<usize> =
+        Vec::with_capacity(defects.len() + nonfinite.len() + sat_grown.len() + cr_interp.len());
+    to_interp.extend_from_slice(&defects);
+    to_interp.extend_from_slice(&nonfinite);
+    to_interp.extend_from_slice(&sat_grown);
     to_interp.extend_from_slice(&cr_interp);
     to_interp.sort_unstable();
     to_interp.dedup();
+    let n_bad = {
+        let mut b: Vec<usize> = defects.iter().chain(&nonfinite).copied().collect();
+        b.sort_unstable();
+        b.dedup();
+        b.len()
+    };
     let mut image = MaskedImage::from_parts(sum, variance, mask_img);
     interpolate_rows(&mut image, &to_interp);
-
-    let md = image.mask.data();
-    let count = |bit: u32| md.iter().filter(|&&m| m & bit != 0).count();
     let first = &snaps[0].meta;
     let last = &snaps[snaps.len() - 1].meta;
     Ok(IsrOutput {
-        n_cr_pixels: count(mask::CR),
-        n_saturated: count(mask::SAT),
-        n_bad: count(mask::BAD),
+        n_cr_pixels: all_cr.len(),
+        n_saturated: sat_grown.len(),
+        n_bad,
         n_interpolated: to_interp.len(),
         image,
         meta: first.clone(),

@@ -417,3 +417,33 @@ fn failure_paths() {
         "{e}"
     );
 }
+
+#[test]
+#[ignore]
+fn timing_4096() {
+    let n = night(4096, 2, Profile::Typical, 3);
+    let snaps = snaps_of(&n);
+    let calibs = calibs_from_sim(&n, 0);
+    let mut prev = None;
+    for k in 0..4 {
+        let t = std::time::Instant::now();
+        let out = if k < 2 {
+            run(&snaps, &calibs, &IsrConfig::default()).unwrap()
+        } else {
+            apflow_prompt_proc::isr::run_reusing(
+                &snaps,
+                &calibs,
+                &IsrConfig::default(),
+                prev.take(),
+            )
+            .unwrap()
+        };
+        eprintln!(
+            "total {:?} reuse {} (CR {})",
+            t.elapsed(),
+            k >= 2,
+            out.n_cr_pixels
+        );
+        prev = Some(out.image);
+    }
+}
