@@ -402,6 +402,8 @@ pub struct TemplateTile {
     pub image: Image<f32>,
     /// Variance, nJy².
     pub variance: Image<f32>,
+    /// Mask: NO_DATA where the image or variance was not finite (those pixels are 0).
+    pub mask: Image<u32>,
     /// The coadd's PSF (in tile pixels).
     pub psf: ImagePsf,
     /// The tile's WCS.
@@ -414,8 +416,8 @@ impl TemplateTile {
     pub fn from_parts(
         id: impl Into<String>,
         band: impl Into<String>,
-        image: Image<f32>,
-        variance: Image<f32>,
+        mut image: Image<f32>,
+        mut variance: Image<f32>,
         psf: Image<f32>,
         wcs: TanSipWcs,
     ) -> Result<Self, ScienceError> {
@@ -439,11 +441,25 @@ impl TemplateTile {
                 "template tile {id}: PSF sums to {sum}"
             )));
         }
+        let mut mask = Image::new(image.width(), image.height());
+        for ((v, s), m) in image
+            .data_mut()
+            .iter_mut()
+            .zip(variance.data_mut())
+            .zip(mask.data_mut())
+        {
+            if !(v.is_finite() && s.is_finite()) {
+                *v = 0.0;
+                *s = 0.0;
+                *m = crate::image::mask::NO_DATA;
+            }
+        }
         Ok(Self {
             id,
             band: band.into(),
             image,
             variance,
+            mask,
             psf: ImagePsf::new(psf),
             wcs,
         })
