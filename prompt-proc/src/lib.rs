@@ -10,7 +10,10 @@ pub mod association;
 pub mod error;
 pub mod fitsimage;
 pub mod image;
+pub mod io;
+pub mod isr;
 pub mod psf;
+pub mod warp;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};

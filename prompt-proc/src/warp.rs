@@ -1,0 +1,441 @@
+//! Warping template tiles onto the science pixel grid with a Lanczos-3 kernel.
+//!
+//! Method: the science → tile pixel mapping (science WCS `pixel_to_sky`, then the
+//! tile's `sky_to_pixel`) is evaluated exactly on a coarse grid of nodes every
+//! [`WarpConfig::grid_step`] science pixels and interpolated bilinearly in between
+//! ([`GridMapping`]; the maximum interpolation error is tested < 0.005 px). Each science
+//! pixel takes the tile whose centre is nearest in that tile's own pixel frame
+//! (Chebyshev distance, so each tile is used well inside its 100 px overlap border); no
+//! averaging, so the template noise stays uncorrelated between tiles. The image is
+//! resampled with a separable 6 × 6 Lanczos-3 kernel (Duchon 1979), weights from a
+//! table of 1024 sub-pixel phases, each axis normalised to sum 1, and multiplied by the
+//! pixel-area ratio |det J| (tile px² per science px²) so flux is conserved; units stay
+//! nJy per (science) pixel. Variance (cheaper documented scheme): the variance of the
+//! nearest tile pixel × Σw² of the same weights × |det J|² — exact for a locally flat
+//! variance, which the sky-dominated coadd variance is at the kernel's 6 px scale. Mask:
+//! OR of the 36 contributing tile pixels' masks (tiles mark non-finite input pixels
+//! NO_DATA); science pixels no tile covers with the full kernel are 0 with NO_DATA.
+//!
+//! The PSF returned is the template PSF resampled onto science pixels through the local
+//! Jacobian of the mapping at the detector centre (so a pixel-scale or rotation change is
+//! accounted for), Lanczos-3 interpolated and normalised.
+
+use apflow_core::geom::{TangentPlane, UnitVector};
+use apflow_core::wcs::TanSipWcs;
+use serde::Deserialize;
+
+use crate::error::ScienceError;
+use crate::image::{Image, MaskedImage, mask};
+use crate::io::{TemplateTile, TemplateTileInfo};
+use crate::psf::{ImagePsf, lanczos3};
+
+/// Warping tunables.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarpConfig {
+    /// Spacing of the exactly evaluated mapping nodes, science pixels.
+    pub grid_step: usize,
+    /// Smallest covered fraction of the detector (0–1) before
+    /// [`ScienceError::NoTemplateCoverage`].
+    pub min_coverage: f64,
+}
+
+impl Default for WarpConfig {
+    fn default() -> Self {
+        Self {
+            grid_step: 64,
+            min_coverage: 0.5,
+        }
+    }
+}
+
+/// A template on the science grid.
+#[derive(Clone, Debug)]
+pub struct WarpedTemplate {
+    /// Image in nJy per science pixel, variance nJy², mask (NO_DATA where uncovered).
+    pub masked: MaskedImage,
+    /// The template PSF on science pixels.
+    pub psf: ImagePsf,
+    /// Fraction of detector pixels with data (0–1).
+    pub coverage: f64,
+}
+
+/// The tiles of `band` whose footprint overlaps the `width` × `height` detector of
+/// `science_wcs` (convex polygons on the gnomonic plane at the detector centre).
+pub fn select_tiles<'a>(
+    index: &'a [TemplateTileInfo],
+    band: &str,
+    science_wcs: &TanSipWcs,
+    width: usize,
+    height: usize,
+) -> Vec<&'a TemplateTileInfo> {
+    let (cx, cy) = (0.5 * (width as f64 - 1.0), 0.5 * (height as f64 - 1.0));
+    let centre = science_wcs.pixel_to_unit(cx, cy);
+    let (ra, dec) = centre.to_radec();
+    let plane = TangentPlane::new(ra, dec);
+    let (wf, hf) = (width as f64 - 0.5, height as f64 - 0.5);
+    let det: Option<Vec<(f64, f64)>> = [(-0.5, -0.5), (wf, -0.5), (wf, hf), (-0.5, hf)]
+        .iter()
+        .map(|&(x, y)| plane.project(science_wcs.pixel_to_unit(x, y)))
+        .collect();
+    let Some(det) = det else {
+        return Vec::new();
+    };
+    index
+        .iter()
+        .filter(|t| t.band == band)
+        .filter(|t| {
+            let poly: Option<Vec<(f64, f64)>> = t
+                .corners_deg
+                .iter()
+                .map(|c| plane.project(UnitVector::from_radec_deg(c[0], c[1])))
+                .collect();
+            poly.is_some_and(|p| p.len() >= 3 && convex_overlap(&det, &p))
+        })
+        .collect()
+}
+
+/// Separating-axis test for two convex polygons.
+fn convex_overlap(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+    for poly in [a, b] {
+        for i in 0..poly.len() {
+            let (p, q) = (poly[i], poly[(i + 1) % poly.len()]);
+            let axis = (q.1 - p.1, p.0 - q.0);
+            let proj = |pts: &[(f64, f64)]| {
+                pts.iter()
+                    .map(|v| v.0 * axis.0 + v.1 * axis.1)
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), d| {
+                        (lo.min(d), hi.max(d))
+                    })
+            };
+            let (a0, a1) = proj(a);
+            let (b0, b1) = proj(b);
+            if a1 < b0 || b1 < a0 {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The science → tile pixel mapping, exact on grid nodes and bilinear in between.
+#[derive(Clone, Debug)]
+pub struct GridMapping {
+    step: usize,
+    nx: usize,
+    ny: usize,
+    /// Tile (x, y) at each node (NaN where the sky point is not projectable).
+    nodes: Vec<(f64, f64)>,
+}
+
+impl GridMapping {
+    /// Evaluates `science → src` on nodes every `step` pixels covering
+    /// `width` × `height`.
+    pub fn new(
+        science: &TanSipWcs,
+        src: &TanSipWcs,
+        width: usize,
+        height: usize,
+        step: usize,
+    ) -> Self {
+        let step = step.max(1);
+        let nx = (width.max(2) - 1).div_ceil(step) + 1;
+        let ny = (height.max(2) - 1).div_ceil(step) + 1;
+        let plane = src.tangent_plane();
+        let mut nodes = Vec::with_capacity(nx * ny);
+        for j in 0..ny {
+            for i in 0..nx {
+                let u = science.pixel_to_unit((i * step) as f64, (j * step) as f64);
+                nodes.push(src.unit_to_pixel(&plane, u).unwrap_or((f64::NAN, f64::NAN)));
+            }
+        }
+        Self {
+            step,
+            nx,
+            ny,
+            nodes,
+        }
+    }
+
+    /// Node spacing, pixels.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Bilinear coefficients of cell (ci, cj): (p00, p10 − p00, p01 − p00,
+    /// p11 − p10 − p01 + p00), in units of one cell.
+    fn cell(&self, ci: usize, cj: usize) -> [(f64, f64); 4] {
+        let ci = ci.min(self.nx - 2);
+        let cj = cj.min(self.ny - 2);
+        let at = |i: usize, j: usize| self.nodes[j * self.nx + i];
+        let (p00, p10, p01, p11) = (
+            at(ci, cj),
+            at(ci + 1, cj),
+            at(ci, cj + 1),
+            at(ci + 1, cj + 1),
+        );
+        [
+            p00,
+            (p10.0 - p00.0, p10.1 - p00.1),
+            (p01.0 - p00.0, p01.1 - p00.1),
+            (p11.0 - p10.0 - p01.0 + p00.0, p11.1 - p10.1 - p01.1 + p00.1),
+        ]
+    }
+
+    /// Interpolated tile position of science pixel (x, y).
+    pub fn eval(&self, x: f64, y: f64) -> (f64, f64) {
+        let s = self.step as f64;
+        let ci = ((x / s).floor().max(0.0) as usize).min(self.nx - 2);
+        let cj = ((y / s).floor().max(0.0) as usize).min(self.ny - 2);
+        let (u, v) = (x / s - ci as f64, y / s - cj as f64);
+        let [a, b, c, d] = self.cell(ci, cj);
+        (
+            a.0 + b.0 * u + c.0 * v + d.0 * u * v,
+            a.1 + b.1 * u + c.1 * v + d.1 * u * v,
+        )
+    }
+
+    /// Jacobian d(tile)/d(science) at science pixel (x, y).
+    pub fn jacobian(&self, x: f64, y: f64) -> [[f64; 2]; 2] {
+        let s = self.step as f64;
+        let ci = ((x / s).floor().max(0.0) as usize).min(self.nx - 2);
+        let cj = ((y / s).floor().max(0.0) as usize).min(self.ny - 2);
+        let (u, v) = (x / s - ci as f64, y / s - cj as f64);
+        let [_, b, c, d] = self.cell(ci, cj);
+        [
+            [(b.0 + d.0 * v) / s, (c.0 + d.0 * u) / s],
+            [(b.1 + d.1 * v) / s, (c.1 + d.1 * u) / s],
+        ]
+    }
+}
+
+/// Lanczos-3 weights for `PHASES + 1` sub-pixel phases, each row of 8 (6 taps + 2
+/// zeros, for 8-wide loads) normalised to sum 1.
+const PHASES: usize = 1024;
+
+fn lanczos_table() -> Vec<[f32; 8]> {
+    (0..=PHASES)
+        .map(|p| {
+            let f = p as f64 / PHASES as f64;
+            let mut w = [0f64; 6];
+            for (k, wk) in w.iter_mut().enumerate() {
+                *wk = lanczos3(f - (k as f64 - 2.0));
+            }
+            let s: f64 = w.iter().sum();
+            let mut out = [0f32; 8];
+            for k in 0..6 {
+                out[k] = (w[k] / s) as f32;
+            }
+            out
+        })
+        .collect()
+}
+
+#[inline(always)]
+fn dot8(a: &[f32], w: &[f32; 8]) -> f32 {
+    let mut s = [0f32; 8];
+    for k in 0..8 {
+        s[k] = a[k] * w[k];
+    }
+    (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]))
+}
+
+/// Per-tile data for the warp.
+struct TileState<'a> {
+    tile: &'a TemplateTile,
+    map: GridMapping,
+    w: usize,
+    h: usize,
+    centre: (f64, f64),
+    has_mask: bool,
+}
+
+impl TileState<'_> {
+    /// Can the full 6 (8-wide) tap window be read at tile position (sx, sy)?
+    #[inline]
+    fn inside(&self, sx: f64, sy: f64) -> bool {
+        sx >= 2.0 && sy >= 2.0 && sx < (self.w - 6) as f64 && sy < (self.h - 4) as f64
+    }
+    #[inline]
+    fn distance(&self, sx: f64, sy: f64) -> f64 {
+        (sx - self.centre.0).abs().max((sy - self.centre.1).abs())
+    }
+}
+
+/// Warps `tiles` onto the `width` × `height` science grid of `science_wcs`.
+pub fn warp_template(
+    tiles: &[TemplateTile],
+    science_wcs: &TanSipWcs,
+    width: usize,
+    height: usize,
+    cfg: &WarpConfig,
+) -> Result<WarpedTemplate, ScienceError> {
+    if width == 0 || height == 0 {
+        return Err(ScienceError::BadInput(format!(
+            "warp onto an empty {width}x{height} grid"
+        )));
+    }
+    let step = cfg.grid_step.max(2);
+    let states: Vec<TileState<'_>> = tiles
+        .iter()
+        .filter(|t| t.image.width() >= 12 && t.image.height() >= 12)
+        .map(|t| {
+            let (w, h) = t.image.dims();
+            TileState {
+                tile: t,
+                map: GridMapping::new(science_wcs, &t.wcs, width, height, step),
+                w,
+                h,
+                centre: (0.5 * (w as f64 - 1.0), 0.5 * (h as f64 - 1.0)),
+                has_mask: t.mask.data().iter().any(|&m| m != 0),
+            }
+        })
+        .collect();
+    let table = lanczos_table();
+    let mut out = MaskedImage::new(width, height);
+    out.mask.data_mut().fill(mask::NO_DATA);
+    let mut covered = 0usize;
+    let (ncx, ncy) = (width.div_ceil(step), height.div_ceil(step));
+    let mut cands: Vec<usize> = Vec::new();
+    for cj in 0..ncy {
+        for ci in 0..ncx {
+            let (x0, y0) = (ci * step, cj * step);
+            let (x1, y1) = (((ci + 1) * step).min(width), ((cj + 1) * step).min(height));
+            // Candidate tiles: any corner of the cell inside (with a cell's margin).
+            cands.clear();
+            for (k, st) in states.iter().enumerate() {
+                let m = 2.0 * step as f64;
+                let any = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)]
+                    .iter()
+                    .any(|&(x, y)| {
+                        let (sx, sy) = st.map.eval(x as f64, y as f64);
+                        sx > -m && sy > -m && sx < st.w as f64 + m && sy < st.h as f64 + m
+                    });
+                if any {
+                    cands.push(k);
+                }
+            }
+            if cands.is_empty() {
+                continue;
+            }
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    // Choose the tile with the nearest centre among those with support.
+                    let mut best: Option<(usize, f64, f64, f64)> = None;
+                    for &k in &cands {
+                        let st = &states[k];
+                        let (sx, sy) = st.map.eval(x as f64, y as f64);
+                        if st.inside(sx, sy) {
+                            let d = st.distance(sx, sy);
+                            if best.is_none_or(|b| d < b.3) {
+                                best = Some((k, sx, sy, d));
+                            }
+                        }
+                    }
+                    let Some((k, sx, sy, _)) = best else {
+                        continue;
+                    };
+                    let st = &states[k];
+                    let jac = st.map.jacobian(x as f64, y as f64);
+                    let area = (jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]).abs() as f32;
+                    let (fx, fy) = (sx.floor(), sy.floor());
+                    let (ix, iy) = (fx as usize, fy as usize);
+                    let wx = &table[((sx - fx) * PHASES as f64).round() as usize];
+                    let wy = &table[((sy - fy) * PHASES as f64).round() as usize];
+                    let img = st.tile.image.data();
+                    let base = (iy - 2) * st.w + ix - 2;
+                    let mut acc = 0f32;
+                    for (r, &wyr) in wy.iter().take(6).enumerate() {
+                        let o = base + r * st.w;
+                        acc += wyr * dot8(&img[o..o + 8], wx);
+                    }
+                    let sw2x: f32 = wx.iter().map(|w| w * w).sum();
+                    let sw2y: f32 = wy.iter().map(|w| w * w).sum();
+                    let nvar =
+                        st.tile.variance.data()[(sy.round() as usize) * st.w + sx.round() as usize];
+                    let mut m = 0u32;
+                    if st.has_mask {
+                        let md = st.tile.mask.data();
+                        for r in 0..6 {
+                            let o = base + r * st.w;
+                            for c in 0..6 {
+                                if wx[c] != 0.0 && wy[r] != 0.0 {
+                                    m |= md[o + c];
+                                }
+                            }
+                        }
+                    }
+                    let idx = y * width + x;
+                    out.image.data_mut()[idx] = acc * area;
+                    out.variance.data_mut()[idx] = nvar * sw2x * sw2y * area * area;
+                    out.mask.data_mut()[idx] = m;
+                    covered += 1;
+                }
+            }
+        }
+    }
+    let coverage = covered as f64 / (width * height) as f64;
+    if coverage < cfg.min_coverage {
+        return Err(ScienceError::NoTemplateCoverage {
+            covered: 100.0 * coverage,
+            needed: 100.0 * cfg.min_coverage,
+        });
+    }
+    // PSF of the tile used at the detector centre, through the local Jacobian.
+    let (cx, cy) = (0.5 * (width as f64 - 1.0), 0.5 * (height as f64 - 1.0));
+    let st = states
+        .iter()
+        .filter(|s| {
+            let (sx, sy) = s.map.eval(cx, cy);
+            s.inside(sx, sy)
+        })
+        .min_by(|a, b| {
+            let (ax, ay) = a.map.eval(cx, cy);
+            let (bx, by) = b.map.eval(cx, cy);
+            a.distance(ax, ay).total_cmp(&b.distance(bx, by))
+        })
+        .or_else(|| states.first())
+        .ok_or(ScienceError::NoTemplateCoverage {
+            covered: 0.0,
+            needed: 100.0 * cfg.min_coverage,
+        })?;
+    let psf = resample_psf(&st.tile.psf, st.map.jacobian(cx, cy));
+    Ok(WarpedTemplate {
+        masked: out,
+        psf,
+        coverage,
+    })
+}
+
+/// A PSF image in source pixels → science pixels: science offset `u` samples the
+/// source at `J u` (Lanczos-3), same odd size, normalised.
+pub fn resample_psf(psf: &ImagePsf, jac: [[f64; 2]; 2]) -> ImagePsf {
+    let src = psf.image();
+    let n = src.width();
+    let c = (n / 2) as f64;
+    let mut out = Image::new(n, n);
+    for j in 0..n {
+        for i in 0..n {
+            let (u, v) = (i as f64 - c, j as f64 - c);
+            let sx = c + jac[0][0] * u + jac[0][1] * v;
+            let sy = c + jac[1][0] * u + jac[1][1] * v;
+            let (fx, fy) = (sx.floor() as isize, sy.floor() as isize);
+            let mut acc = 0.0;
+            for b in -2..=3 {
+                let yy = fy + b;
+                let wy = lanczos3(sy - yy as f64);
+                for a in -2..=3 {
+                    let xx = fx + a;
+                    if let Some(p) = src.get_checked(xx, yy) {
+                        acc += f64::from(p) * wy * lanczos3(sx - xx as f64);
+                    }
+                }
+            }
+            out.set(i, j, acc.max(0.0) as f32);
+        }
+    }
+    if out.data().iter().all(|&v| v == 0.0) {
+        return psf.clone();
+    }
+    ImagePsf::new(out)
+}
