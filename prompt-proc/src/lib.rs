@@ -7,6 +7,7 @@
 //! the choice of forced-photometry targets.
 
 pub mod association;
+pub mod background;
 pub mod error;
 pub mod image;
 pub mod psf;
