@@ -11,6 +11,7 @@ pub mod background;
 pub mod error;
 pub mod image;
 pub mod psf;
+pub mod stars;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
