@@ -11,6 +11,7 @@ pub mod background;
 pub mod error;
 pub mod image;
 pub mod psf;
+pub mod psf_model;
 pub mod stars;
 
 pub use error::ScienceError;

@@ -150,6 +150,8 @@ struct Candidate {
     x: usize,
     y: usize,
     peak: f32,
+    /// Noise σ of the peak pixel.
+    sig: f32,
 }
 
 fn find_candidates(img: &MaskedImage, t: f64) -> Vec<Candidate> {
@@ -189,7 +191,12 @@ fn find_candidates(img: &MaskedImage, t: f64) -> Vec<Candidate> {
                 }
             }
             if is_max {
-                out.push(Candidate { x, y, peak: v });
+                out.push(Candidate {
+                    x,
+                    y,
+                    peak: v,
+                    sig: vrow[x].max(0.0).sqrt(),
+                });
             }
         }
     }
@@ -405,6 +412,13 @@ fn adaptive_moments(img: &MaskedImage, x0: f64, y0: f64, sigma0: f64, max_half: 
     out
 }
 
+/// A generous upper bound of a source's light at squared distance `r2` from its peak:
+/// a Gaussian of twice its measured size (the PSF has wide halo and wing components).
+fn wing_expectation(c: &Candidate, m: &Moments, r2: f64) -> f64 {
+    let s2 = (0.5 * (m.ixx + m.iyy)).clamp(0.5, 100.0);
+    f64::from(c.peak) * (-0.5 * r2 / (4.0 * s2)).exp()
+}
+
 /// Detects and measures bright sources on a background-subtracted image (see the
 /// module docs). Returns them sorted by decreasing significance; empty when nothing
 /// passes (never panics on NaN or fully masked images).
@@ -433,37 +447,43 @@ pub fn detect_stars(img: &MaskedImage, cfg: &StarConfig) -> Vec<Star> {
         h as f64,
         32.0,
     );
-    // Merge detections close to a brighter (more significant) one.
-    let mut kept_flag = vec![false; cands.len()];
+    // Walk the detections from the most significant: drop those within the merge
+    // radius of a kept one, or whose peak is explained by a kept one's wing.
+    let sigma0 = cfg.smoothing_sigma.max(1.0);
+    let mut kept_of = vec![usize::MAX; cands.len()];
     let mut kept: Vec<(usize, f64)> = Vec::with_capacity(det.len());
+    let mut moments: Vec<Moments> = Vec::with_capacity(det.len());
     let mr2 = cfg.merge_radius_px * cfg.merge_radius_px;
     for &(k, nu) in &det {
         let c = cands[k];
-        let mut close = false;
-        grid.near(c.x as f64, c.y as f64, cfg.merge_radius_px, |j| {
-            if kept_flag[j] {
+        let mut drop = false;
+        grid.near(c.x as f64, c.y as f64, cfg.isolation_radius_px, |j| {
+            let kj = kept_of[j];
+            if kj != usize::MAX && !drop {
                 let d = cands[j];
                 let (dx, dy) = (d.x as f64 - c.x as f64, d.y as f64 - c.y as f64);
-                close |= dx * dx + dy * dy <= mr2;
+                let r2 = dx * dx + dy * dy;
+                let wing = wing_expectation(&d, &moments[kj], r2);
+                drop = r2 <= mr2
+                    || f64::from(c.peak)
+                        < wing + cfg.pixel_threshold_sigma * f64::from(c.sig);
             }
         });
-        if !close {
-            kept_flag[k] = true;
+        if !drop {
+            kept_of[k] = kept.len();
             kept.push((k, nu));
+            moments.push(adaptive_moments(
+                img,
+                c.x as f64,
+                c.y as f64,
+                sigma0,
+                cfg.max_window_px,
+            ));
             if kept.len() >= cfg.max_stars {
                 break;
             }
         }
     }
-    // Moments of every detection.
-    let sigma0 = cfg.smoothing_sigma.max(1.0);
-    let moments: Vec<Moments> = kept
-        .iter()
-        .map(|&(k, _)| {
-            let c = cands[k];
-            adaptive_moments(img, c.x as f64, c.y as f64, sigma0, cfg.max_window_px)
-        })
-        .collect();
     let radius = if cfg.aperture_radius_px > 0.0 {
         cfg.aperture_radius_px
     } else {
@@ -494,8 +514,11 @@ pub fn detect_stars(img: &MaskedImage, cfg: &StarConfig) -> Vec<Star> {
                 if j != k {
                     let d = cands[j];
                     let (dx, dy) = (d.x as f64 - c.x as f64, d.y as f64 - c.y as f64);
-                    blended |= dx * dx + dy * dy <= ri2
-                        && f64::from(d.peak) > cfg.blend_peak_ratio * f64::from(c.peak);
+                    let r2 = dx * dx + dy * dy;
+                    let excess = f64::from(d.peak) - wing_expectation(&c, m, r2);
+                    blended |= r2 <= ri2
+                        && excess > cfg.blend_peak_ratio * f64::from(c.peak)
+                        && excess > cfg.pixel_threshold_sigma * f64::from(d.sig);
                 }
             });
             if blended {
