@@ -8,6 +8,7 @@
 
 pub mod association;
 pub mod background;
+pub mod calibrate;
 pub mod error;
 pub mod image;
 pub mod psf;

@@ -53,6 +53,9 @@ pub struct PsfConfig {
     pub clip: f64,
     /// Fit-and-reject iterations.
     pub iterations: usize,
+    /// The spatial order is lowered until there are at least this many stars per
+    /// polynomial term (a high order on few stars extrapolates badly to the corners).
+    pub min_stars_per_term: usize,
 }
 
 impl Default for PsfConfig {
@@ -66,6 +69,7 @@ impl Default for PsfConfig {
             size_tolerance: 0.08,
             clip: 4.0,
             iterations: 3,
+            min_stars_per_term: 8,
         }
     }
 }
@@ -295,8 +299,26 @@ pub fn select_psf_stars(stars: &[Star], cfg: &PsfConfig) -> Vec<usize> {
 struct Stamp {
     x: f64,
     y: f64,
+    /// Aperture flux used for the normalisation.
+    flux: f64,
+    /// Median variance of the stamp's pixels (the sky's).
+    sky_var: f64,
     data: Vec<f64>,
+    /// Inverse variance of the normalised data (0 = masked).
     ivar: Vec<f64>,
+}
+
+impl Stamp {
+    /// Inverse variances from a model (source Poisson noise from the model, not from
+    /// the noisy data, which would bias the fit low).
+    fn reweight(&mut self, model: &[f64]) {
+        let f = self.flux;
+        for (iv, &m) in self.ivar.iter_mut().zip(model) {
+            if *iv > 0.0 {
+                *iv = f * f / (self.sky_var + f * m.max(0.0));
+            }
+        }
+    }
 }
 
 fn extract(img: &MaskedImage, s: &Star, n: usize) -> Option<Stamp> {
@@ -333,9 +355,16 @@ fn extract(img: &MaskedImage, s: &Star, n: usize) -> Option<Stamp> {
     let oy = s.y - y0 as f64 - half as f64;
     let data = resample(&src, big, n, ox, oy);
     let f = s.flux;
+    let mut vs: Vec<f32> = var.iter().map(|&v| v as f32).collect();
+    let sky_var = crate::image::median_and_iqr_sigma(&mut vs).map_or(1.0, |v| f64::from(v.0));
+    if !(sky_var > 0.0) || !(f > 0.0) {
+        return None;
+    }
     let mut out = Stamp {
         x: s.x,
         y: s.y,
+        flux: f,
+        sky_var,
         data: data.iter().map(|v| v / f).collect(),
         ivar: vec![0.0; n * n],
     };
@@ -353,9 +382,9 @@ fn extract(img: &MaskedImage, s: &Star, n: usize) -> Option<Stamp> {
                     }
                 }
             }
-            let v = var[sy as usize * big + sx as usize];
-            if ok && v > 0.0 {
-                out.ivar[j * n + i] = f * f / v;
+            if ok {
+                // Sky-only weights for the first fit; see `Stamp::reweight`.
+                out.ivar[j * n + i] = f * f / sky_var;
             }
         }
     }
@@ -395,9 +424,9 @@ pub fn fit_psf(img: &MaskedImage, stars: &[Star], cfg: &PsfConfig) -> Result<Psf
         if stamps.len() < cfg.min_stars.max(1) {
             break;
         }
-        // Highest order the star count supports (≥ 3 stars per term).
+        // Highest order the star count supports.
         let mut order = cfg.spatial_order.min(2);
-        while order > 0 && stamps.len() < 3 * n_terms(order) {
+        while order > 0 && stamps.len() < cfg.min_stars_per_term * n_terms(order) {
             order -= 1;
         }
         let nt = n_terms(order);
@@ -469,6 +498,10 @@ pub fn fit_psf(img: &MaskedImage, stars: &[Star], cfg: &PsfConfig) -> Result<Psf
             chi2.push(c2 / k.max(1) as f64);
         }
         residual_rms = (r2 / cnt.max(1) as f64).sqrt() / (peak_sum / stamps.len() as f64);
+        for (_, s) in stamps.iter_mut() {
+            let mv = m.eval(s.x, s.y);
+            s.reweight(&mv);
+        }
         model = Some(m);
         if it + 1 == cfg.iterations.max(1) {
             break;
