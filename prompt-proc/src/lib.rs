@@ -7,6 +7,8 @@
 //! the choice of forced-photometry targets.
 
 pub mod association;
+pub mod background;
+pub mod calibrate;
 pub mod error;
 pub mod fitsimage;
 pub mod image;
@@ -14,6 +16,8 @@ pub mod io;
 pub mod isr;
 pub mod psf;
 pub mod warp;
+pub mod psf_model;
+pub mod stars;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
