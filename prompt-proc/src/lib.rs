@@ -7,9 +7,12 @@
 //! the choice of forced-photometry targets.
 
 pub mod association;
+pub mod convolve;
+pub mod decorrelate;
 pub mod error;
 pub mod image;
 pub mod psf;
+pub mod subtract;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
