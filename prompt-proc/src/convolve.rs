@@ -21,7 +21,7 @@ use rustfft::{Fft, FftPlanner};
 use std::sync::Arc;
 
 /// Rows transformed together before the transposing copy (cache blocking).
-const ROW_BLOCK: usize = 16;
+const ROW_BLOCK: usize = 64;
 
 /// The smallest integer ≥ `n` whose prime factors are all 2, 3, 5 or 7 (fast FFT sizes).
 pub fn next_fast_len(n: usize) -> usize {
@@ -247,6 +247,9 @@ impl RealFft2d {
     }
 }
 
+/// Columns per tile of the blocked transposes.
+const U_TILE: usize = 16;
+
 fn scatter_block(
     block: &[Complex32],
     nb: usize,
@@ -255,11 +258,16 @@ fn scatter_block(
     y0: usize,
     out: &mut [Complex32],
 ) {
-    for u in 0..nxc {
-        let dst = &mut out[u * ny + y0..u * ny + y0 + nb];
-        for (r, d) in dst.iter_mut().enumerate() {
-            *d = block[r * nxc + u];
+    let mut u0 = 0;
+    while u0 < nxc {
+        let nu = U_TILE.min(nxc - u0);
+        for r in 0..nb {
+            let src = &block[r * nxc + u0..r * nxc + u0 + nu];
+            for (k, &v) in src.iter().enumerate() {
+                out[(u0 + k) * ny + y0 + r] = v;
+            }
         }
+        u0 += nu;
     }
 }
 
@@ -271,11 +279,16 @@ fn gather_block(
     y0: usize,
     block: &mut [Complex32],
 ) {
-    for u in 0..nxc {
-        let src = &spec[u * ny + y0..u * ny + y0 + nb];
-        for (r, &s) in src.iter().enumerate() {
-            block[r * nxc + u] = s;
+    let mut u0 = 0;
+    while u0 < nxc {
+        let nu = U_TILE.min(nxc - u0);
+        for r in 0..nb {
+            let dst = &mut block[r * nxc + u0..r * nxc + u0 + nu];
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = spec[(u0 + k) * ny + y0 + r];
+            }
         }
+        u0 += nu;
     }
 }
 

@@ -323,6 +323,19 @@ pub struct Subtraction<'a> {
     pub decorrelated: bool,
     /// The real-space decorrelation kernel (centre), if applied.
     pub decorrelation_kernel: Option<Image<f32>>,
+    /// Wall-clock time of the steps.
+    pub timings: SubtractTimings,
+}
+
+/// Wall-clock milliseconds of the steps of [`subtract`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SubtractTimings {
+    /// Stamp building, per-stamp and spatial fits.
+    pub fit_ms: f64,
+    /// FFT convolution (and decorrelation) of the images.
+    pub convolve_ms: f64,
+    /// Background, variance and mask planes.
+    pub planes_ms: f64,
 }
 
 /// The Gaussian × polynomial basis, separable.
@@ -674,6 +687,7 @@ pub fn subtract<'a>(
     {
         return Err(ScienceError::BadInput("bad subtraction config".into()));
     }
+    let t0 = std::time::Instant::now();
     let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
     let sig_s = sci_psf.sigma_at(cx, cy);
     let sig_t = tmpl_psf.sigma_at(cx, cy);
@@ -859,9 +873,17 @@ pub fn subtract<'a>(
     let decorrelate = cfg.decorrelate && var_a > 0.0 && var_b > 0.0;
     let phi = decorrelate
         .then(|| decorrelation_kernel(&kernel.image_at(cx, cy), var_b, var_a, 3 * half));
-    let mut difference = apply_kernel(a, b, &kernel, convolved, decorrelate, var_a, var_b);
+    let t1 = std::time::Instant::now();
+    let mut difference = apply_kernel(a, b, &kernel, decorrelate, var_a, var_b);
+    let t2 = std::time::Instant::now();
     let edge = if decorrelate { 2 * half } else { half };
     finish_planes(&mut difference, a, b, &kernel, convolved, decorrelate, edge);
+    let timings = SubtractTimings {
+        fit_ms: (t1 - t0).as_secs_f64() * 1e3,
+        convolve_ms: (t2 - t1).as_secs_f64() * 1e3,
+        planes_ms: t2.elapsed().as_secs_f64() * 1e3,
+    };
+    tracing::debug!(?timings, n_used, "subtraction");
     Ok(Subtraction {
         difference,
         psf: DifferencePsf {
@@ -878,6 +900,7 @@ pub fn subtract<'a>(
         stamp_residual_rms: rms,
         decorrelated: decorrelate,
         decorrelation_kernel: phi,
+        timings,
     })
 }
 
@@ -891,7 +914,6 @@ fn apply_kernel(
     a: &MaskedImage,
     b: &MaskedImage,
     kernel: &SpatialKernel,
-    convolved: ConvolvedImage,
     decorrelate: bool,
     var_a: f64,
     var_b: f64,
@@ -970,7 +992,6 @@ fn apply_kernel(
             }
         });
     }
-    let _ = convolved;
     MaskedImage::from_parts(
         Image::from_vec(w, h, out),
         Image::new(w, h),
@@ -1015,54 +1036,75 @@ fn finish_planes(
         }
     }
     let near_nodata = dilate_bits(&nodata, mask::NO_DATA, edge);
+    // Kernel sum and background per pixel: sums over monomials, tabulated per column
+    // and per row.
     let nb = kernel.basis.len();
-    let sums: Vec<(i32, i32, f64)> = kernel
-        .terms
-        .iter()
-        .enumerate()
-        .map(|(m, &(p, q))| (p, q, kernel.coeffs[m * nb]))
+    let xs: Vec<f64> = (0..w).map(|x| 2.0 * x as f64 / (w - 1) as f64 - 1.0).collect();
+    let xpow: Vec<Vec<f32>> = (0..=2)
+        .map(|p| xs.iter().map(|&x| x.powi(p) as f32).collect())
         .collect();
+    let mut srow = vec![0.0f32; w];
+    let mut brow = vec![0.0f32; w];
+    let bimg = b.variance.data();
+    let avar = a.variance.data();
+    let bmask = b.mask.data();
+    let (dimg, rest) = (&mut d.image, (&mut d.variance, &mut d.mask));
+    let (dvar, dmask) = rest;
     for y in 0..h {
         let yn = 2.0 * y as f64 / (h - 1) as f64 - 1.0;
-        let ymask = y < edge || y + edge >= h;
+        srow.fill(0.0);
+        brow.fill(0.0);
+        for (m, &(p, q)) in kernel.terms.iter().enumerate() {
+            let c = (kernel.coeffs[m * nb] * yn.powi(q)) as f32;
+            for (o, &xp) in srow.iter_mut().zip(&xpow[p as usize]) {
+                *o += c * xp;
+            }
+        }
+        for (&(p, q), &cb) in kernel.bg_terms.iter().zip(&kernel.bg) {
+            let c = (cb * yn.powi(q)) as f32;
+            for (o, &xp) in brow.iter_mut().zip(&xpow[p as usize]) {
+                *o += c * xp;
+            }
+        }
+        let r = y * w..(y + 1) * w;
+        let cv = conv_var.as_ref().map(|c| &c.data()[r.clone()]);
+        let img = &mut dimg.data_mut()[r.clone()];
+        let var = &mut dvar.data_mut()[r.clone()];
+        let (va, vb) = (&avar[r.clone()], &bimg[r.clone()]);
         for x in 0..w {
-            let i = y * w + x;
-            let xn = 2.0 * x as f64 / (w - 1) as f64 - 1.0;
-            let s: f64 = sums
-                .iter()
-                .map(|&(p, q, c)| c * xn.powi(p) * yn.powi(q))
-                .sum();
-            let bgv = kernel
-                .bg_terms
-                .iter()
-                .zip(&kernel.bg)
-                .map(|(&(p, q), &c)| c * xn.powi(p) * yn.powi(q))
-                .sum::<f64>();
-            let s = s as f32;
-            let mut v = d.image.data()[i] - bgv as f32;
-            let va = a.variance.data()[i];
-            let vb = b.variance.data()[i];
-            let mut var = if let Some(cv) = &conv_var {
-                vb + cv.data()[i]
-            } else {
-                vb + s * s * va
+            let s = srow[x];
+            let mut v = img[x] - brow[x];
+            let mut vv = match cv {
+                Some(c) => vb[x] + c[x],
+                None => vb[x] + s * s * va[x],
             };
             if science_conv {
-                v = -v / s;
-                var /= s * s;
+                let inv = 1.0 / s;
+                v = -v * inv;
+                vv *= inv * inv;
             }
-            let mut m = b.mask.data()[i] | dil_a.data()[i];
-            if ymask || x < edge || x + edge >= w || near_nodata.data()[i] != 0 {
+            img[x] = v;
+            var[x] = vv;
+        }
+        let ymask = y < edge || y + edge >= h;
+        let mrow = &mut dmask.data_mut()[r.clone()];
+        let (bm, da, nd, nnd) = (
+            &bmask[r.clone()],
+            &dil_a.data()[r.clone()],
+            &nodata.data()[r.clone()],
+            &near_nodata.data()[r.clone()],
+        );
+        for x in 0..w {
+            let mut m = bm[x] | da[x];
+            if ymask || x < edge || x + edge >= w || nnd[x] != 0 {
                 m |= mask::EDGE;
             }
-            if nodata.data()[i] != 0 {
+            if nd[x] != 0 {
                 m |= mask::NO_DATA;
-                v = 0.0;
-                var = f32::INFINITY;
+                img[x] = 0.0;
+                var[x] = f32::INFINITY;
             }
-            d.image.data_mut()[i] = v;
-            d.variance.data_mut()[i] = var;
-            d.mask.data_mut()[i] = m;
+            mrow[x] = m;
         }
     }
 }
