@@ -9,6 +9,8 @@
 pub mod association;
 pub mod background;
 pub mod calibrate;
+pub mod convolve;
+pub mod decorrelate;
 pub mod error;
 pub mod fitsimage;
 pub mod image;
@@ -18,6 +20,7 @@ pub mod psf;
 pub mod warp;
 pub mod psf_model;
 pub mod stars;
+pub mod subtract;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
