@@ -4,12 +4,17 @@
 //! Shared types: [`image`] (images, mask planes, masked images), [`psf`] (the PSF
 //! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
 //! DiaObjects and predicted solar-system positions, DiaObject summary statistics, and
-//! the choice of forced-photometry targets.
+//! the choice of forced-photometry targets; [`detect`]ion, [`measure`]ment,
+//! [`reliability`] scoring and [`cutout`]s on the difference image.
 
 pub mod association;
+pub mod cutout;
+pub mod detect;
 pub mod error;
 pub mod image;
+pub mod measure;
 pub mod psf;
+pub mod reliability;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
