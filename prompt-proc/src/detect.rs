@@ -769,3 +769,156 @@ fn merge_dipoles(
     all.sort_by_key(|f| (f.bbox.y0, f.bbox.x0));
     (all, n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{DoubleGaussianPsf, Rng, add_psf, noise_image};
+
+    fn psf(w: usize, h: usize) -> DoubleGaussianPsf {
+        DoubleGaussianPsf {
+            sigma: 1.7,
+            halo_ratio: 2.0,
+            halo_frac: 0.1,
+            gx: 0.1,
+            gy: -0.05,
+            width: w as f64,
+            height: h as f64,
+        }
+    }
+
+    /// Flux of a point source with PSF-fit S/N `snr` in white noise `sn`.
+    fn flux_for_snr(p: &dyn Psf, x: f64, y: f64, snr: f64, sn: f64) -> f64 {
+        let k = p.kernel(x, y, 31);
+        let s2: f64 = k.data().iter().map(|&v| (v as f64).powi(2)).sum();
+        snr * sn / s2.sqrt()
+    }
+
+    #[test]
+    fn white_noise_gives_few_false_detections() {
+        let (w, h) = (2048, 2048);
+        let img = noise_image(w, h, 3.0, 11);
+        let p = psf(w, h);
+        let d = detect(&img, &p, &DetectConfig::default());
+        // Gaussian random field: expected 5σ peaks per sign ≈ 1 on 2048² for σ_f = 1.8.
+        eprintln!(
+            "noise: +{} −{} filtered σ {:.4}",
+            d.positive, d.negative, d.filtered_sigma
+        );
+        assert!((d.filtered_sigma - 1.0).abs() < 0.03, "{}", d.filtered_sigma);
+        assert!(d.positive <= 5 && d.negative <= 5, "{} {}", d.positive, d.negative);
+        // The exact-variance path agrees on a constant variance plane.
+        let cfg = DetectConfig {
+            exact_variance: true,
+            ..DetectConfig::default()
+        };
+        let e = detect(&img, &p, &cfg);
+        assert!((e.filtered_sigma - d.filtered_sigma).abs() < 0.01);
+        assert_eq!(e.positive + e.negative, d.positive + d.negative);
+    }
+
+    #[test]
+    fn injected_sources_are_found_with_their_sign() {
+        let (w, h) = (2048, 2048);
+        let sn = 2.0;
+        let mut img = noise_image(w, h, sn as f32, 12);
+        let p = psf(w, h);
+        let mut rng = Rng::new(5);
+        let mut truth = Vec::new();
+        let step = 48;
+        for gy in 1..(h / step) - 1 {
+            for gx in 1..(w / step) - 1 {
+                let x = (gx * step) as f64 + rng.uniform() * 8.0 - 4.0;
+                let y = (gy * step) as f64 + rng.uniform() * 8.0 - 4.0;
+                let snr = 6.0 + rng.uniform() * 14.0;
+                let neg = rng.uniform() < 0.3;
+                let f = flux_for_snr(&p, x, y, snr, sn) * if neg { -1.0 } else { 1.0 };
+                add_psf(&mut img.image, &p, x, y, f, 12);
+                truth.push((x, y, snr, neg));
+            }
+        }
+        let d = detect(&img, &p, &DetectConfig::default());
+        let peaks: Vec<(f64, f64, bool)> = d
+            .footprints
+            .iter()
+            .flat_map(|f| f.peaks.iter().map(move |pk| (pk.x as f64, pk.y as f64, pk.significance < 0.0)))
+            .collect();
+        let found = |x: f64, y: f64, neg: bool| {
+            peaks
+                .iter()
+                .any(|&(px, py, pn)| pn == neg && (px - x).hypot(py - y) < 2.5)
+        };
+        let (mut hi, mut hi_n, mut lo, mut lo_n) = (0, 0, 0, 0);
+        for &(x, y, snr, neg) in &truth {
+            let ok = found(x, y, neg);
+            if snr >= 10.0 {
+                hi_n += 1;
+                hi += ok as usize;
+            } else {
+                lo_n += 1;
+                lo += ok as usize;
+            }
+        }
+        eprintln!("found SNR≥10 {hi}/{hi_n}, SNR 6–10 {lo}/{lo_n}");
+        assert_eq!(hi, hi_n);
+        assert!(lo as f64 >= 0.8 * lo_n as f64, "{lo}/{lo_n}");
+        // No spurious detections beyond the noise expectation.
+        let spurious = peaks
+            .iter()
+            .filter(|&&(px, py, _)| !truth.iter().any(|&(x, y, _, _)| (px - x).hypot(py - y) < 4.0))
+            .count();
+        assert!(spurious <= 6, "{spurious}");
+        // Mask planes.
+        let m = d.masked_copy(&img.mask);
+        let (x, y, _, neg) = truth[0];
+        let bit = if neg { mask::DETECTED_NEGATIVE } else { mask::DETECTED };
+        assert!(m.get(x.round() as usize, y.round() as usize) & bit != 0);
+    }
+
+    #[test]
+    fn a_shifted_star_is_one_dipole_footprint() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        for (k, &(shift, ang)) in [(0.3f64, 20.0f64), (0.6, 100.0), (1.0, -60.0)].iter().enumerate() {
+            let mut img = noise_image(w, h, 2.0, 20 + k as u64);
+            let f = flux_for_snr(&p, 128.0, 128.0, 400.0, 2.0);
+            let (s, c) = ang.to_radians().sin_cos();
+            add_psf(&mut img.image, &p, 128.0 + shift * c, 128.0 + shift * s, f, 15);
+            add_psf(&mut img.image, &p, 128.0, 128.0, -f, 15);
+            let d = detect(&img, &p, &DetectConfig::default());
+            assert_eq!(d.footprints.len(), 1, "shift {shift}: {:?}", d.footprints);
+            let fp = &d.footprints[0];
+            assert!(fp.is_dipole_candidate, "shift {shift}");
+            assert!(fp.peaks.iter().any(|p| p.significance > 0.0));
+            assert!(fp.peaks.iter().any(|p| p.significance < 0.0));
+            assert_eq!(d.dipoles, 1);
+        }
+    }
+
+    #[test]
+    fn masked_and_nan_pixels_are_ignored() {
+        let (w, h) = (256, 256);
+        let mut img = noise_image(w, h, 1.0, 3);
+        for y in 0..h {
+            for x in 0..8 {
+                img.image.set(x, y, 1e6);
+                img.mask.set(x, y, mask::EDGE);
+            }
+        }
+        img.image.set(100, 100, f32::NAN);
+        let d = detect(&img, &GaussianPsfForTest::default().0, &DetectConfig::default());
+        assert!(d.footprints.iter().all(|f| f.bbox.x0 > 8), "{:?}", d.footprints);
+        // An all-NaN image: no detections, no panic.
+        let mut nan = MaskedImage::new(64, 64);
+        nan.image.data_mut().fill(f32::NAN);
+        let d = detect(&nan, &GaussianPsfForTest::default().0, &DetectConfig::default());
+        assert!(d.footprints.is_empty());
+    }
+
+    struct GaussianPsfForTest(crate::psf::GaussianPsf);
+    impl Default for GaussianPsfForTest {
+        fn default() -> Self {
+            Self(crate::psf::GaussianPsf { sigma: 1.7 })
+        }
+    }
+}

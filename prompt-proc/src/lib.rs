@@ -5,7 +5,8 @@
 //! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
 //! DiaObjects and predicted solar-system positions, DiaObject summary statistics, and
 //! the choice of forced-photometry targets; [`detect`]ion, [`measure`]ment,
-//! [`reliability`] scoring and [`cutout`]s on the difference image.
+//! [`reliability`] scoring and [`cutout`]s on the difference image; [`synth`]etic
+//! scenes for tests and benchmarks.
 
 pub mod association;
 pub mod cutout;
@@ -15,6 +16,7 @@ pub mod image;
 pub mod measure;
 pub mod psf;
 pub mod reliability;
+pub mod synth;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};

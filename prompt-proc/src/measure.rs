@@ -22,7 +22,12 @@
 //! * **Dipole** (dipole candidates): Levenberg–Marquardt fit of
 //!   `F₊ P(x₊, y₊) − F₋ P(x₋, y₋)` (6 parameters) on the footprint's box. `isDipole` when
 //!   the χ² improvement over the best single PSF exceeds `dipole_min_delta_chi2` and both
-//!   lobes have `F/σ_F ≥ dipole_min_lobe_snr` (σ_F at fixed positions).
+//!   lobes have `F/σ_F ≥ dipole_min_lobe_snr` (σ_F at fixed positions). On the
+//!   difference image alone a dipole of separation `d ≲ σ` only constrains `F·d`; when
+//!   the science and template images show the star (forced S/N ≥ 5 at the fitted lobe
+//!   positions) the lobe fluxes get Gaussian priors from those forced fluxes (error
+//!   floor `dipole_prior_rel_err`), as the LSST dipole fit uses the pre-subtraction
+//!   images, and the fit is repeated.
 //! * **Trail**: when the adaptive moments' major axis exceeds `trail_moment_ratio`
 //!   times the PSF's, a Levenberg–Marquardt fit of the trailed-Gaussian model of Vereš
 //!   et al. 2012 (PASP 124, 1197): a Gaussian of the PSF's σ (plus the pixel's 1/12 px²)
@@ -63,6 +68,9 @@ pub struct MeasureConfig {
     pub dipole_min_delta_chi2: f64,
     /// Minimum significance of each lobe for `isDipole`.
     pub dipole_min_lobe_snr: f64,
+    /// Relative error floor of the dipole's lobe-flux priors from the science and
+    /// template forced fluxes.
+    pub dipole_prior_rel_err: f64,
     /// Trail fit when the moments' major-axis variance exceeds this multiple of the
     /// PSF's.
     pub trail_moment_ratio: f64,
@@ -85,6 +93,7 @@ impl Default for MeasureConfig {
             lm_iterations: 20,
             dipole_min_delta_chi2: 25.0,
             dipole_min_lobe_snr: 3.0,
+            dipole_prior_rel_err: 0.03,
             trail_moment_ratio: 2.0,
             trail_min_snr: 5.0,
             max_fit_box: 121,
@@ -638,16 +647,16 @@ fn adaptive_moments(
 
 /// Levenberg–Marquardt on `N` parameters with numeric derivatives.
 fn levenberg_marquardt<const N: usize>(
-    pix: &[(i32, i32, f64, f64)],
+    obs: &[(f64, f64)],
     p0: [f64; N],
     steps: [f64; N],
     iters: usize,
     model: &dyn Fn(&[f64; N]) -> Option<Vec<f64>>,
 ) -> Option<([f64; N], f64, [[f64; N]; N])> {
     let chi2_of = |m: &[f64]| -> f64 {
-        pix.iter()
+        obs.iter()
             .zip(m)
-            .map(|(&(_, _, d, w), &mv)| w * (d - mv) * (d - mv))
+            .map(|(&(d, w), &mv)| w * (d - mv) * (d - mv))
             .sum()
     };
     let mut p = p0;
@@ -657,7 +666,7 @@ fn levenberg_marquardt<const N: usize>(
     let mut a = [[0.0; N]; N];
     for _ in 0..iters {
         // Jacobian by central differences.
-        let mut jac: Vec<[f64; N]> = vec![[0.0; N]; pix.len()];
+        let mut jac: Vec<[f64; N]> = vec![[0.0; N]; obs.len()];
         for k in 0..N {
             let (mut pp, mut pm) = (p, p);
             pp[k] += steps[k];
@@ -669,7 +678,7 @@ fn levenberg_marquardt<const N: usize>(
         }
         a = [[0.0; N]; N];
         let mut b = [0.0; N];
-        for (i, &(_, _, d, w)) in pix.iter().enumerate() {
+        for (i, &(d, w)) in obs.iter().enumerate() {
             let r = d - m[i];
             let j = &jac[i];
             for u in 0..N {
@@ -1107,7 +1116,8 @@ fn fit_trail(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, lmax: 
     let p0 = [m.x, m.y, f0, l0, th0];
     let steps = [0.02, 0.02, f0.abs().max(1e-6) * 1e-3, 0.02, 0.002];
     let model = |p: &[f64; 5]| Some(trail_model(&pix.px, p, sigma));
-    let Some((p, chi2, a)) = levenberg_marquardt(&pix.px, p0, steps, cfg.lm_iterations, &model)
+    let obs: Vec<(f64, f64)> = pix.px.iter().map(|&(_, _, d, w)| (d, w)).collect();
+    let Some((p, chi2, a)) = levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &model)
     else {
         return;
     };
@@ -1171,15 +1181,20 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     let pix = gather(ctx.diff, b);
     let khalf = ((5.0 * sigma).ceil() as i32).max(3);
     let psf = ctx.diff_psf;
-    let model = |p: &[f64; 6]| -> Option<Vec<f64>> {
+    // Model on the pixels, then (optionally) the two lobe fluxes for the priors.
+    let model = |p: &[f64; 6], priors: bool| -> Vec<f64> {
         let sp = Stamp::render(psf, p[0], p[1], khalf);
         let sn = Stamp::render(psf, p[3], p[4], khalf);
-        Some(
-            pix.px
-                .iter()
-                .map(|&(x, y, _, _)| p[2] * sp.at(x, y) - p[5] * sn.at(x, y))
-                .collect(),
-        )
+        let mut v: Vec<f64> = pix
+            .px
+            .iter()
+            .map(|&(x, y, _, _)| p[2] * sp.at(x, y) - p[5] * sn.at(x, y))
+            .collect();
+        if priors {
+            v.push(p[2]);
+            v.push(p[5]);
+        }
+        v
     };
     // Initial fluxes: two-parameter linear fit at the peaks.
     let (sp0, sn0) = (
@@ -1208,10 +1223,40 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     ];
     let fs = f0[0].abs().max(f0[1].abs()).max(1e-6) * 1e-3;
     let steps = [0.02, 0.02, fs, 0.02, 0.02, fs];
-    if pix.px.len() >= 8
-        && let Some((p, chi2, a)) =
-            levenberg_marquardt(&pix.px, p0, steps, cfg.lm_iterations, &model)
-    {
+    let mut obs: Vec<(f64, f64)> = pix.px.iter().map(|&(_, _, d, w)| (d, w)).collect();
+    let npix = obs.len();
+    let free = |p: &[f64; 6]| Some(model(p, false));
+    let mut fit = if npix >= 8 {
+        levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &free)
+    } else {
+        None
+    };
+    // Flux priors from the pre-subtraction images (as the LSST dipole fit uses them):
+    // the positive lobe is the science star, the negative lobe the template star. A
+    // dipole of small separation only constrains F·d on the difference image; the
+    // forced fluxes at the fitted lobe positions break that degeneracy.
+    if let Some((p, _, _)) = fit {
+        let half = ((cfg.fit_radius_sigma * sigma).ceil() as i32).max(2);
+        let (s, se) = forced_flux(ctx.science, ctx.sci_psf, p[0], p[1], half);
+        let (t, te) = forced_flux(ctx.template, ctx.tmpl_psf, p[3], p[4], half);
+        if s / se >= 5.0 && t / te >= 5.0 {
+            let rel = cfg.dipole_prior_rel_err;
+            obs.push((s, 1.0 / (se * se + (rel * s).powi(2))));
+            obs.push((t, 1.0 / (te * te + (rel * t).powi(2))));
+            let with = |p: &[f64; 6]| Some(model(p, true));
+            if let Some(r) = levenberg_marquardt(&obs, p, steps, cfg.lm_iterations, &with) {
+                // χ² of the pixels only.
+                let mv = model(&r.0, false);
+                let chi2: f64 = obs[..npix]
+                    .iter()
+                    .zip(&mv)
+                    .map(|(&(d, w), &m)| w * (d - m) * (d - m))
+                    .sum();
+                fit = Some((r.0, chi2, r.2));
+            }
+        }
+    }
+    if let Some((p, chi2, a)) = fit {
         let (fp_, fn_) = (p[2], p[5]);
         let (dx, dy) = (p[0] - p[3], p[1] - p[4]);
         let len = dx.hypot(dy);
@@ -1232,7 +1277,7 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
         m.dipole_bearing = dir;
         m.dipole_length_arcsec = scale;
         m.dipole_chi2 = chi2;
-        m.dipole_ndata = pix.px.len();
+        m.dipole_ndata = npix;
         // Best single PSF of either sign on the same pixels.
         let single = fit_psf(&pix.px, psf, brighter.x as f64, brighter.y as f64, khalf, cfg);
         m.dipole_single_chi2 = single.chi2;
@@ -1254,4 +1299,259 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
 /// FWHM in pixels of the PSF at a measurement (for callers sizing things).
 pub fn psf_fwhm_at(psf: &dyn Psf, m: &DiaSourceMeasurement) -> f64 {
     psf.sigma_at(m.x, m.y) * FWHM_PER_SIGMA
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{DetectConfig, detect};
+    use crate::synth::{DoubleGaussianPsf, Rng, add_psf, add_trail, noise_image};
+
+    fn psf(w: usize, h: usize) -> DoubleGaussianPsf {
+        DoubleGaussianPsf {
+            sigma: 1.7,
+            halo_ratio: 2.0,
+            halo_frac: 0.1,
+            gx: 0.1,
+            gy: -0.05,
+            width: w as f64,
+            height: h as f64,
+        }
+    }
+
+    fn wcs() -> TanSipWcs {
+        TanSipWcs::tan([150.0, 2.0], [512.0, 512.0], 0.2, 30.0)
+    }
+
+    fn flux_for_snr(p: &dyn Psf, x: f64, y: f64, snr: f64, sn: f64) -> f64 {
+        let k = p.kernel(x, y, 31);
+        let s2: f64 = k.data().iter().map(|&v| (v as f64).powi(2)).sum();
+        snr * sn / s2.sqrt()
+    }
+
+    /// `science − template` with the summed variance.
+    fn difference(sci: &MaskedImage, tmpl: &MaskedImage) -> MaskedImage {
+        let mut diff = sci.clone();
+        for (d, t) in diff.image.data_mut().iter_mut().zip(tmpl.image.data()) {
+            *d -= t;
+        }
+        for (d, t) in diff.variance.data_mut().iter_mut().zip(tmpl.variance.data()) {
+            *d += t;
+        }
+        diff
+    }
+
+    fn std(v: &[f64]) -> f64 {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    /// Nearest measurement to `(x, y)`.
+    fn nearest(ms: &[DiaSourceMeasurement], x: f64, y: f64) -> Option<&DiaSourceMeasurement> {
+        ms.iter()
+            .filter(|m| (m.x - x).hypot(m.y - y) < 3.0)
+            .min_by(|a, b| (a.x - x).hypot(a.y - y).total_cmp(&(b.x - x).hypot(b.y - y)))
+    }
+
+    #[test]
+    fn psf_fluxes_and_centroids_have_right_values_and_errors() {
+        let (w, h) = (1024, 1024);
+        let sn = 5.0;
+        let mut diff = noise_image(w, h, sn as f32, 31);
+        let p = psf(w, h);
+        let mut rng = Rng::new(9);
+        let mut truth = Vec::new();
+        let step = 40;
+        for gy in 1..(h / step) - 1 {
+            for gx in 1..(w / step) - 1 {
+                let x = (gx * step) as f64 + rng.uniform() * 6.0 - 3.0;
+                let y = (gy * step) as f64 + rng.uniform() * 6.0 - 3.0;
+                let snr = 15.0 + rng.uniform() * 85.0;
+                let f = flux_for_snr(&p, x, y, snr, sn);
+                add_psf(&mut diff.image, &p, x, y, f, 12);
+                truth.push((x, y, f));
+            }
+        }
+        let zero = MaskedImage::new(w, h);
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let (mut ratio, mut pf, mut px, mut py, mut pap) = (vec![], vec![], vec![], vec![], vec![]);
+        for &(x, y, f) in &truth {
+            let m = nearest(&ms, x, y).expect("source measured");
+            assert!(!m.centroid_flag && !m.psf_flux_flag);
+            ratio.push(m.psf_flux / f);
+            pf.push((m.psf_flux - f) / m.psf_flux_err);
+            px.push((m.x - x) / m.x_err);
+            py.push((m.y - y) / m.y_err);
+            pap.push((m.ap_flux - f) / m.ap_flux_err);
+            assert!(m.psf_ndata > 40);
+            // Sky position and its error.
+            let (ra, dec) = wcs().pixel_to_sky(m.x, m.y);
+            assert!((ra - m.ra).abs() < 1e-12 && (dec - m.dec).abs() < 1e-12);
+            let e = m.ra_err.hypot(m.dec_err) * 3600.0 / 0.2;
+            assert!((e - m.x_err.hypot(m.y_err)).abs() < 1e-3 * e.max(1e-9) + 1e-6);
+        }
+        let (mr, sf, sx, sy, sa) = (median(ratio), std(&pf), std(&px), std(&py), std(&pap));
+        let chi2dof = median(ms.iter().map(|m| m.psf_chi2 / (m.psf_ndata as f64 - 3.0)).collect());
+        eprintln!(
+            "n {} flux ratio median {mr:.4}, pull σ flux {sf:.3} x {sx:.3} y {sy:.3} ap {sa:.3}, χ²/dof {chi2dof:.3}",
+            truth.len()
+        );
+        assert!(truth.len() >= 200);
+        assert!((mr - 1.0).abs() < 0.02, "{mr}");
+        for s in [sf, sx, sy, sa] {
+            assert!((0.9..1.2).contains(&s), "pull σ {s}");
+        }
+        assert!((chi2dof - 1.0).abs() < 0.15, "{chi2dof}");
+        // Point sources are round and PSF-sized, and no trail is fitted on them.
+        let sizes = median(ms.iter().map(|m| (m.ixx + m.iyy) / (m.ixx_psf + m.iyy_psf)).collect());
+        assert!((sizes - 1.0).abs() < 0.1, "{sizes}");
+        let trails = ms.iter().filter(|m| m.trail_length.is_finite()).count();
+        assert!(trails * 50 < ms.len(), "{trails}");
+    }
+
+    #[test]
+    fn dipoles_are_measured_as_dipoles() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        for (k, &(shift, ang)) in [(1.0f64, 30.0f64), (0.6, -120.0), (1.5, 75.0), (0.3, 160.0)].iter().enumerate() {
+            let mut sci = noise_image(w, h, 1.6, 40 + k as u64);
+            let mut tmpl = noise_image(w, h, 1.2, 140 + k as u64);
+            let f = flux_for_snr(&p, 128.0, 128.0, 600.0, 2.0);
+            let (s, c) = ang.to_radians().sin_cos();
+            // Science star at +shift/2, template star at −shift/2.
+            add_psf(&mut sci.image, &p, 128.0 + 0.5 * shift * c, 128.0 + 0.5 * shift * s, f, 15);
+            add_psf(&mut tmpl.image, &p, 128.0 - 0.5 * shift * c, 128.0 - 0.5 * shift * s, f, 15);
+            let diff = difference(&sci, &tmpl);
+            let det = detect(&diff, &p, &DetectConfig::default());
+            let ms = measure(&diff, &sci, &tmpl, &p, &wcs(), &det, &MeasureConfig::default());
+            assert_eq!(ms.len(), 1);
+            let m = &ms[0];
+            eprintln!(
+                "dipole shift {shift} angle {ang}: length {:.3} angle {:.2} mean {:.0} ({f:.0}) diff {:.0} χ² {:.0} vs {:.0}",
+                m.dipole_length, m.dipole_angle, m.dipole_mean_flux, m.dipole_flux_diff,
+                m.dipole_chi2, m.dipole_single_chi2
+            );
+            assert!(m.is_dipole);
+            assert!((m.dipole_length - shift).abs() < 0.1 * shift, "{}", m.dipole_length);
+            let da = (m.dipole_angle - ang + 540.0).rem_euclid(360.0) - 180.0;
+            assert!(da.abs() < 3.0, "{}", m.dipole_angle);
+            assert!((m.dipole_length_arcsec - 0.2 * m.dipole_length).abs() < 1e-3);
+            assert!((m.x - 128.0).abs() < 0.2 && (m.y - 128.0).abs() < 0.2);
+        }
+    }
+
+    #[test]
+    fn a_single_star_is_not_a_dipole_and_a_trail_is_measured() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        let zero = MaskedImage::new(w, h);
+        let mut diff = noise_image(w, h, 2.0, 50);
+        let f = flux_for_snr(&p, 128.0, 128.0, 150.0, 2.0);
+        add_trail(&mut diff.image, &p, 128.0, 128.0, f, 20.0, 30.0);
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        assert_eq!(ms.len(), 1, "{ms:?}");
+        let m = &ms[0];
+        eprintln!(
+            "trail: length {:.2} angle {:.2} flux {:.0} ({f:.0}) centre ({:.2}, {:.2}) bearing {:.1}",
+            m.trail_length, m.trail_angle, m.trail_flux, m.trail_x, m.trail_y, m.trail_bearing
+        );
+        assert!((m.trail_length - 20.0).abs() < 2.0, "{}", m.trail_length);
+        assert!((m.trail_angle - 30.0).abs() < 3.0, "{}", m.trail_angle);
+        assert!((m.trail_flux / f - 1.0).abs() < 0.1, "{}", m.trail_flux);
+        assert!((m.trail_length_arcsec - 0.2 * m.trail_length).abs() < 1e-3);
+        assert!(!m.is_dipole);
+    }
+
+    #[test]
+    fn forced_fluxes_on_science_and_template() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        let mut sci = noise_image(w, h, 3.0, 60);
+        let mut tmpl = noise_image(w, h, 1.5, 61);
+        let (fs, ft) = (20_000.0, 12_000.0);
+        add_psf(&mut sci.image, &p, 100.3, 120.6, fs, 15);
+        add_psf(&mut tmpl.image, &p, 100.3, 120.6, ft, 15);
+        // A new source only in the science image.
+        add_psf(&mut sci.image, &p, 180.0, 60.0, 5_000.0, 15);
+        let diff = difference(&sci, &tmpl);
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(&diff, &sci, &tmpl, &p, &wcs(), &det, &MeasureConfig::default());
+        let a = nearest(&ms, 100.3, 120.6).expect("variable");
+        let b = nearest(&ms, 180.0, 60.0).expect("new source");
+        eprintln!(
+            "variable: sci {:.0}±{:.0} tmpl {:.0}±{:.0} diff {:.0}; new: sci {:.0} tmpl {:.0}±{:.0}",
+            a.science_flux, a.science_flux_err, a.template_flux, a.template_flux_err, a.psf_flux,
+            b.science_flux, b.template_flux, b.template_flux_err
+        );
+        assert!((a.science_flux - fs).abs() < 4.0 * a.science_flux_err);
+        assert!((a.template_flux - ft).abs() < 4.0 * a.template_flux_err);
+        assert!((a.psf_flux - (fs - ft)).abs() < 4.0 * a.psf_flux_err);
+        assert!((b.science_flux - 5000.0).abs() < 4.0 * b.science_flux_err);
+        assert!(b.template_flux.abs() < 4.0 * b.template_flux_err);
+    }
+
+    #[test]
+    fn pixel_flags_follow_the_mask() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        let zero = MaskedImage::new(w, h);
+        let mut diff = noise_image(w, h, 2.0, 70);
+        let f = flux_for_snr(&p, 50.0, 50.0, 80.0, 2.0);
+        for &(x, y) in &[(50.0, 50.0), (150.0, 50.0), (5.0, 200.0), (200.0, 200.0)] {
+            add_psf(&mut diff.image, &p, x, y, f, 15);
+        }
+        diff.mask.set(50, 50, mask::SAT);
+        diff.mask.set(151, 50, mask::CR);
+        for y in 0..h {
+            for x in 0..4 {
+                diff.mask.set(x, y, mask::EDGE);
+            }
+        }
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let sat = nearest(&ms, 50.0, 50.0).unwrap();
+        assert!(sat.centre_flags.saturated && sat.footprint_flags.saturated);
+        assert!(sat.psf_flux.is_finite(), "fit without the saturated pixel");
+        let cr = nearest(&ms, 150.0, 50.0).unwrap();
+        assert!(cr.centre_flags.cosmic_ray && !cr.centre_flags.saturated);
+        let edge = nearest(&ms, 5.0, 200.0).unwrap();
+        assert!(edge.footprint_flags.edge && edge.psf_flux_flag_edge);
+        let clean = nearest(&ms, 200.0, 200.0).unwrap();
+        assert_eq!(clean.centre_flags, PixelFlags::default());
+        assert_eq!(clean.footprint_flags.bits & mask::UNUSABLE, 0);
+        assert!(!clean.psf_flux_flag_edge && !clean.ap_flux_flag_truncated);
+    }
+
+    #[test]
+    fn negative_sources_are_measured_negative_and_empty_input_is_fine() {
+        let (w, h) = (128, 128);
+        let p = psf(w, h);
+        let zero = MaskedImage::new(w, h);
+        let mut diff = noise_image(w, h, 1.0, 80);
+        let f = flux_for_snr(&p, 64.0, 64.0, 50.0, 1.0);
+        add_psf(&mut diff.image, &p, 64.2, 63.7, -f, 15);
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let m = nearest(&ms, 64.2, 63.7).unwrap();
+        assert!(m.is_negative && m.psf_flux < 0.0);
+        assert!((m.psf_flux + f).abs() < 4.0 * m.psf_flux_err);
+        assert!(((m.ixx + m.iyy) / (m.ixx_psf + m.iyy_psf) - 1.0).abs() < 0.3);
+        let none = Detections {
+            footprints: vec![],
+            positive: 0,
+            negative: 0,
+            dipoles: 0,
+            filtered_sigma: 1.0,
+            threshold: 5.0,
+            filter_sigma: 1.7,
+        };
+        assert!(measure(&diff, &zero, &zero, &p, &wcs(), &none, &MeasureConfig::default()).is_empty());
+    }
 }
