@@ -35,7 +35,7 @@ impl Default for CutoutConfig {
         Self {
             min_size: 30,
             max_size: 128,
-            margin_fwhm: 2.0,
+            margin_fwhm: 1.0,
         }
     }
 }
@@ -141,4 +141,96 @@ pub fn extract(
         template: one(template, wcs, tmpl_psf, x, y, size),
         difference: one(diff, wcs, diff_psf, x, y, size),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{DetectConfig, detect};
+    use crate::image::mask;
+    use crate::measure::{MeasureConfig, measure};
+    use crate::psf::GaussianPsf;
+    use crate::synth::{add_psf, add_trail, noise_image};
+    use apflow_core::geom::UnitVector;
+
+    fn sep_mas(a: (f64, f64), b: (f64, f64)) -> f64 {
+        let (u, v) = (
+            UnitVector::from_radec_deg(a.0, a.1),
+            UnitVector::from_radec_deg(b.0, b.1),
+        );
+        let d = ((u.x - v.x).powi(2) + (u.y - v.y).powi(2) + (u.z - v.z).powi(2)).sqrt();
+        d.to_degrees() * 3.6e6
+    }
+
+    #[test]
+    fn cutout_wcs_matches_the_detector_wcs_and_edges_are_padded() {
+        let (w, h) = (512, 400);
+        let wcs = TanSipWcs::tan([120.0, -45.0], [256.5, 200.5], 0.2, 37.0)
+            .with_radial_distortion(2e-9);
+        let img = noise_image(w, h, 1.0, 1);
+        let sci = noise_image(w, h, 1.0, 2);
+        let tmpl = noise_image(w, h, 1.0, 3);
+        let p = GaussianPsf { sigma: 1.7 };
+        let mut worst: f64 = 0.0;
+        for &(x, y) in &[(3.2, 5.7), (500.0, 390.0), (256.0, 200.0), (30.4, 380.9)] {
+            let c = extract(&img, &sci, &tmpl, &wcs, &p, &p, &p, x, y, 31).unwrap();
+            for cut in [&c.science, &c.template, &c.difference] {
+                assert_eq!(cut.masked.dims(), (31, 31));
+                for j in 0..31 {
+                    for i in 0..31 {
+                        let (dx, dy) = (cut.x0 + i, cut.y0 + j);
+                        let a = cut.wcs.pixel_to_sky(i as f64 + 0.3, j as f64 - 0.2);
+                        let b = wcs.pixel_to_sky(dx as f64 + 0.3, dy as f64 - 0.2);
+                        worst = worst.max(sep_mas(a, b));
+                        let inside = dx >= 0 && dy >= 0 && (dx as usize) < w && (dy as usize) < h;
+                        let m = cut.masked.mask.get(i as usize, j as usize);
+                        if inside {
+                            assert_eq!(m & mask::NO_DATA, 0);
+                        } else {
+                            assert_eq!(m & mask::NO_DATA, mask::NO_DATA);
+                            assert_eq!(cut.masked.image.get(i as usize, j as usize), 0.0);
+                        }
+                    }
+                }
+                let s: f32 = cut.psf.data().iter().sum();
+                assert!((s - 1.0).abs() < 1e-3 && cut.psf.width() == CUTOUT_PSF_SIZE);
+            }
+            // The source is at the cutout's centre pixel.
+            assert_eq!(c.difference.x0 + 15, x.round() as i64);
+            let d = &c.difference;
+            assert_eq!(
+                d.masked.image.get(15, 15),
+                img.image.get(x.round() as usize, y.round() as usize)
+            );
+        }
+        eprintln!("worst cutout WCS difference {worst:.2e} mas");
+        assert!(worst < 1.0, "{worst}");
+        assert!(extract(&img, &sci, &MaskedImage::new(3, 3), &wcs, &p, &p, &p, 1.0, 1.0, 30).is_err());
+        assert!(extract(&img, &sci, &tmpl, &wcs, &p, &p, &p, f64::NAN, 1.0, 30).is_err());
+    }
+
+    #[test]
+    fn cutouts_grow_for_trails_up_to_a_cap() {
+        let (w, h) = (400, 400);
+        let p = GaussianPsf { sigma: 1.7 };
+        let mut diff = noise_image(w, h, 1.0, 9);
+        add_trail(&mut diff.image, &p, 200.0, 200.0, 8000.0, 60.0, 10.0);
+        add_psf(&mut diff.image, &p, 80.0, 80.0, 300.0, 12);
+        let zero = MaskedImage::new(w, h);
+        let wcs = TanSipWcs::tan([0.0, 0.0], [200.0, 200.0], 0.2, 0.0);
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(&diff, &zero, &zero, &p, &wcs, &det, &MeasureConfig::default());
+        let cfg = CutoutConfig::default();
+        let star = ms.iter().find(|m| (m.x - 80.0).abs() < 2.0).unwrap();
+        let trail = ms.iter().find(|m| (m.x - 200.0).abs() < 3.0).unwrap();
+        let (s1, s2) = (cutout_size_for(star, &cfg), cutout_size_for(trail, &cfg));
+        eprintln!("star {s1} px, trail {s2} px (length {:.1})", trail.trail_length);
+        assert_eq!(s1, 30);
+        assert!(s2 >= 60 + 2 && s2 <= cfg.max_size, "{s2}");
+        let small = CutoutConfig {
+            max_size: 40,
+            ..cfg
+        };
+        assert_eq!(cutout_size_for(trail, &small), 40);
+    }
 }

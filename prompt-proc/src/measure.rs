@@ -31,7 +31,9 @@
 //! * **Trail**: when the adaptive moments' major axis exceeds `trail_moment_ratio`
 //!   times the PSF's, a Levenberg–Marquardt fit of the trailed-Gaussian model of Vereš
 //!   et al. 2012 (PASP 124, 1197): a Gaussian of the PSF's σ (plus the pixel's 1/12 px²)
-//!   convolved with a segment of length `L` at angle `θ`, for `(x_c, y_c, F, L, θ)`.
+//!   convolved with a segment of length `L` at angle `θ`, for `(x_c, y_c, F, L, θ)`,
+//!   started from the moments' centre, length `√(12 (λ_max − λ_PSF))` and angle. When
+//!   the trail is longer than one FWHM its centre becomes the source's `x, y`.
 //! * **Forced fluxes**: the linear PSF fit at the difference-image centroid on the
 //!   science and template images with their own PSFs.
 //! * **Sky**: `(ra, dec)` from the WCS; position errors propagated through
@@ -571,17 +573,19 @@ fn aperture(img: &MaskedImage, x: f64, y: f64, r: f64) -> (f64, f64, bool, bool)
     (f, v.sqrt(), skipped, trunc)
 }
 
-/// Adaptive moments of `sign · data` around `(xc, yc)`, starting from the weight
-/// covariance `start`; `(ixx, iyy, ixy)` px² or `None`.
+/// Adaptive moments of `data` starting at `(xc, yc)` with the weight covariance
+/// `start`; the centre moves to the weighted centroid each iteration (at most
+/// `max_half` from the start). `([ixx, iyy, ixy] px², (x, y))` or `None`.
 fn adaptive_moments(
     data: &dyn Fn(i32, i32) -> Option<f64>,
-    xc: f64,
-    yc: f64,
+    x_start: f64,
+    y_start: f64,
     start: [f64; 3],
     max_half: i32,
     iters: usize,
-) -> Option<[f64; 3]> {
+) -> Option<([f64; 3], (f64, f64))> {
     let [mut wxx, mut wyy, mut wxy] = start;
+    let (mut xc, mut yc) = (x_start, y_start);
     for _ in 0..iters.max(1) {
         let det = wxx * wyy - wxy * wxy;
         if !(det > 0.0) {
@@ -591,7 +595,7 @@ fn adaptive_moments(
         let lmax = 0.5 * (wxx + wyy) + (0.25 * (wxx - wyy).powi(2) + wxy * wxy).sqrt();
         let half = ((4.0 * lmax.sqrt()).ceil() as i32).clamp(2, max_half);
         let (cx, cy) = (xc.round() as i32, yc.round() as i32);
-        let (mut s0, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+        let (mut s0, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for py in cy - half..=cy + half {
             for px in cx - half..=cx + half {
                 let Some(d) = data(px, py) else { continue };
@@ -602,6 +606,8 @@ fn adaptive_moments(
                 }
                 let wd = (-0.5 * q).exp() * d;
                 s0 += wd;
+                sx += wd * dx;
+                sy += wd * dy;
                 sxx += wd * dx * dx;
                 syy += wd * dy * dy;
                 sxy += wd * dx * dy;
@@ -610,7 +616,18 @@ fn adaptive_moments(
         if !(s0 > 0.0) {
             return None;
         }
-        let (qxx, qyy, qxy) = (sxx / s0, syy / s0, sxy / s0);
+        let (mx, my) = (sx / s0, sy / s0);
+        let (qxx, qyy, qxy) = (
+            sxx / s0 - mx * mx,
+            syy / s0 - my * my,
+            sxy / s0 - mx * my,
+        );
+        // Move the centre (bounded per step and in total).
+        xc += mx.clamp(-2.0, 2.0);
+        yc += my.clamp(-2.0, 2.0);
+        if (xc - x_start).hypot(yc - y_start) > max_half as f64 {
+            return None;
+        }
         // S = (Q⁻¹ − W⁻¹)⁻¹ when positive definite, else 2Q.
         let qdet = qxx * qyy - qxy * qxy;
         let mut next = [2.0 * qxx, 2.0 * qyy, 2.0 * qxy];
@@ -638,11 +655,11 @@ fn adaptive_moments(
         if wxx > (max_half as f64).powi(2) || wyy > (max_half as f64).powi(2) {
             return None;
         }
-        if change < 1e-5 * (wxx + wyy) {
+        if change < 1e-5 * (wxx + wyy) && mx.abs() + my.abs() < 1e-4 {
             break;
         }
     }
-    Some([wxx, wyy, wxy])
+    Some(([wxx, wyy, wxy], (xc, yc)))
 }
 
 /// Levenberg–Marquardt on `N` parameters with numeric derivatives.
@@ -938,7 +955,13 @@ fn bearing(wcs: &TanSipWcs, x: f64, y: f64, dx: f64, dy: f64) -> (f64, f64) {
 }
 
 /// Centroid, fluxes, moments, sky position and flags common to every source kind.
-fn measure_common(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, pk: &Peak) {
+/// Returns the adaptive moments' centre.
+fn measure_common(
+    ctx: &Ctx<'_>,
+    m: &mut DiaSourceMeasurement,
+    fp: &Footprint,
+    pk: &Peak,
+) -> (f64, f64) {
     let cfg = ctx.cfg;
     let (px, py) = (pk.x as f64, pk.y as f64);
     let sigma = ctx.diff_psf.sigma_at(px, py).clamp(0.3, 30.0);
@@ -988,6 +1011,7 @@ fn measure_common(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, p
     let ext = (fp.bbox.width().max(fp.bbox.height()) as f64 / 4.0).powi(2);
     let start = if fp.peaks.len() == 1 { s2.max(ext) } else { s2 };
     let max_half = (cfg.max_fit_box / 2) as i32;
+    let mut moments_centre = (m.x, m.y);
     match adaptive_moments(
         &data,
         m.x,
@@ -996,17 +1020,18 @@ fn measure_common(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, p
         max_half,
         cfg.moments_iterations,
     ) {
-        Some([a, b, c]) => {
+        Some(([a, b, c], centre)) => {
             m.ixx = a;
             m.iyy = b;
             m.ixy = c;
+            moments_centre = centre;
         }
         None => m.shape_flag = true,
     }
     let khalf = ((5.0 * sigma).ceil() as i32).max(3);
     let k = Stamp::render(ctx.diff_psf, m.x, m.y, khalf);
     let kd = |x: i32, y: i32| -> Option<f64> { Some(k.at(x, y)) };
-    if let Some([a, b, c]) =
+    if let Some(([a, b, c], _)) =
         adaptive_moments(&kd, m.x, m.y, [s2, s2, 0.0], khalf, cfg.moments_iterations)
     {
         m.ixx_psf = a;
@@ -1025,6 +1050,7 @@ fn measure_common(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, p
     m.footprint_flags = PixelFlags::from_bits(fb, foff);
     let (cb, coff) = centre_bits(ctx.diff, m.x, m.y);
     m.centre_flags = PixelFlags::from_bits(cb, coff);
+    moments_centre
 }
 
 fn sky(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement) {
@@ -1053,16 +1079,16 @@ fn sky(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement) {
 /// One peak of an ordinary (single-sign) footprint.
 fn measure_peak(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint, pk: &Peak) -> DiaSourceMeasurement {
     let mut m = blank(fp_index, fp);
-    measure_common(ctx, &mut m, fp, pk);
-    sky(ctx, &mut m);
+    let centre = measure_common(ctx, &mut m, fp, pk);
     // Trail fit for elongated sources.
     if !m.shape_flag && m.snr >= ctx.cfg.trail_min_snr && m.ixx_psf.is_finite() {
         let lmax = 0.5 * (m.ixx + m.iyy) + (0.25 * (m.ixx - m.iyy).powi(2) + m.ixy.powi(2)).sqrt();
         let lpsf = 0.5 * (m.ixx_psf + m.iyy_psf);
         if lmax > ctx.cfg.trail_moment_ratio * lpsf {
-            fit_trail(ctx, &mut m, fp, lmax, lpsf);
+            fit_trail(ctx, &mut m, fp, centre, lmax, lpsf);
         }
     }
+    sky(ctx, &mut m);
     m
 }
 
@@ -1084,14 +1110,21 @@ fn trail_model(pix: &[(i32, i32, f64, f64)], p: &[f64; 5], sigma: f64) -> Vec<f6
         .collect()
 }
 
-fn fit_trail(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, lmax: f64, lpsf: f64) {
+fn fit_trail(
+    ctx: &Ctx<'_>,
+    m: &mut DiaSourceMeasurement,
+    fp: &Footprint,
+    centre: (f64, f64),
+    lmax: f64,
+    lpsf: f64,
+) {
     let cfg = ctx.cfg;
     let sigma = (lpsf.max(0.09)).sqrt();
     let l0 = (12.0 * (lmax - lpsf)).max(1.0).sqrt();
     let th0 = 0.5 * (2.0 * m.ixy).atan2(m.ixx - m.iyy);
     let margin = (3.0 * sigma).ceil() as i32;
     let half_cap = (cfg.max_fit_box / 2) as i32;
-    let (cx, cy) = (m.x.round() as i32, m.y.round() as i32);
+    let (cx, cy) = (centre.0.round() as i32, centre.1.round() as i32);
     let b = BBox {
         x0: (fp.bbox.x0 - margin).max(cx - half_cap),
         y0: (fp.bbox.y0 - margin).max(cy - half_cap),
@@ -1103,7 +1136,7 @@ fn fit_trail(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, lmax: 
         return;
     }
     // Initial flux by linear least squares at the initial shape.
-    let unit = trail_model(&pix.px, &[m.x, m.y, 1.0, l0, th0], sigma);
+    let unit = trail_model(&pix.px, &[centre.0, centre.1, 1.0, l0, th0], sigma);
     let (mut sp, mut sd) = (0.0, 0.0);
     for (i, &(_, _, d, w)) in pix.px.iter().enumerate() {
         sp += w * unit[i] * unit[i];
@@ -1113,7 +1146,7 @@ fn fit_trail(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, lmax: 
         return;
     }
     let f0 = sd / sp;
-    let p0 = [m.x, m.y, f0, l0, th0];
+    let p0 = [centre.0, centre.1, f0, l0, th0];
     let steps = [0.02, 0.02, f0.abs().max(1e-6) * 1e-3, 0.02, 0.002];
     let model = |p: &[f64; 5]| Some(trail_model(&pix.px, p, sigma));
     let obs: Vec<(f64, f64)> = pix.px.iter().map(|&(_, _, d, w)| (d, w)).collect();
@@ -1143,6 +1176,17 @@ fn fit_trail(ctx: &Ctx<'_>, m: &mut DiaSourceMeasurement, fp: &Footprint, lmax: 
     m.trail_length_arcsec = l * scale;
     m.trail_chi2 = chi2;
     m.trail_ndata = pix.px.len();
+    // A resolved trail's position is its centre, not where a PSF fit lands on it.
+    let fwhm = sigma * FWHM_PER_SIGMA;
+    if l > fwhm && (xc - centre.0).hypot(yc - centre.1) < l {
+        m.x = xc;
+        m.y = yc;
+        if let Some(c) = invert(a) {
+            m.x_err = c[0][0].max(0.0).sqrt();
+            m.y_err = c[1][1].max(0.0).sqrt();
+            m.xy_cov = c[0][1];
+        }
+    }
 }
 
 /// One dipole candidate.
@@ -1153,7 +1197,7 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     let neg = fp.peaks.iter().find(|p| p.significance < 0.0).copied();
     let (Some(pos), Some(neg)) = (pos, neg) else {
         let pk = fp.peaks[0];
-        measure_common(ctx, &mut m, fp, &pk);
+        let _ = measure_common(ctx, &mut m, fp, &pk);
         sky(ctx, &mut m);
         return m;
     };
@@ -1163,7 +1207,7 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     } else {
         neg
     };
-    measure_common(ctx, &mut m, fp, &brighter);
+    let _ = measure_common(ctx, &mut m, fp, &brighter);
     let sigma = ctx
         .diff_psf
         .sigma_at(pos.x as f64, pos.y as f64)

@@ -261,3 +261,203 @@ impl ReliabilityModel for LogisticModel {
 pub fn score(features: &ReliabilityFeatures) -> f32 {
     LogisticModel::default().score(features)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{DetectConfig, detect};
+    use crate::measure::{MeasureConfig, measure};
+    use crate::psf::Psf;
+    use crate::synth::{DoubleGaussianPsf, GaussianPsfScaled, Rng, add_psf, noise_image};
+    use apflow_core::wcs::TanSipWcs;
+
+    fn psf(w: usize, h: usize) -> DoubleGaussianPsf {
+        DoubleGaussianPsf {
+            sigma: 1.7,
+            halo_ratio: 2.0,
+            halo_frac: 0.1,
+            gx: 0.1,
+            gy: -0.05,
+            width: w as f64,
+            height: h as f64,
+        }
+    }
+
+    fn wcs() -> TanSipWcs {
+        TanSipWcs::tan([10.0, -30.0], [512.0, 512.0], 0.2, 0.0)
+    }
+
+    fn flux_for_snr(p: &dyn Psf, snr: f64, sn: f64) -> f64 {
+        let k = p.kernel(500.0, 500.0, 31);
+        let s2: f64 = k.data().iter().map(|&v| (v as f64).powi(2)).sum();
+        snr * sn / s2.sqrt()
+    }
+
+    /// Scores of every measured source: `(x, y, score, measurement S/N)`.
+    fn scores(
+        diff: &MaskedImage,
+        sci: &MaskedImage,
+        tmpl: &MaskedImage,
+        p: &dyn Psf,
+        dcfg: &DetectConfig,
+    ) -> Vec<(f64, f64, f32, f64)> {
+        let det = detect(diff, p, dcfg);
+        let ms = measure(diff, sci, tmpl, p, &wcs(), &det, &MeasureConfig::default());
+        ms.iter()
+            .map(|m| {
+                let f = ReliabilityFeatures::from_measurement(m, diff);
+                (m.x, m.y, score(&f), m.snr)
+            })
+            .collect()
+    }
+
+    fn near(s: &[(f64, f64, f32, f64)], x: f64, y: f64) -> Vec<f32> {
+        s.iter()
+            .filter(|v| (v.0 - x).hypot(v.1 - y) < 4.0)
+            .map(|v| v.2)
+            .collect()
+    }
+
+    /// Science = template + diff; template empty (new sources).
+    fn real_sources(seed: u64) -> (MaskedImage, MaskedImage, Vec<(f64, f64)>) {
+        let (w, h) = (1024, 1024);
+        let sn = 2.0;
+        let p = psf(w, h);
+        let mut diff = noise_image(w, h, sn as f32, seed);
+        let mut rng = Rng::new(seed + 1);
+        let mut truth = vec![];
+        for gy in 1..(h / 48) - 1 {
+            for gx in 1..(w / 48) - 1 {
+                let x = (gx * 48) as f64 + rng.uniform() * 6.0 - 3.0;
+                let y = (gy * 48) as f64 + rng.uniform() * 6.0 - 3.0;
+                let snr = 10.0 * (1.0 + 4.0 * rng.uniform());
+                add_psf(&mut diff.image, &p, x, y, flux_for_snr(&p, snr, sn), 15);
+                truth.push((x, y));
+            }
+        }
+        let tmpl = noise_image(w, h, 1.0, seed + 2);
+        let mut sci = diff.clone();
+        for (s, t) in sci.image.data_mut().iter_mut().zip(tmpl.image.data()) {
+            *s += t;
+        }
+        (diff, sci, truth)
+    }
+
+    #[test]
+    fn real_point_sources_score_high() {
+        let (diff, sci, truth) = real_sources(100);
+        let p = psf(1024, 1024);
+        let tmpl = noise_image(1024, 1024, 1.0, 102);
+        let s = scores(&diff, &sci, &tmpl, &p, &DetectConfig::default());
+        let mut real: Vec<f32> = vec![];
+        for &(x, y) in &truth {
+            let v = near(&s, x, y);
+            assert_eq!(v.len(), 1, "({x}, {y})");
+            real.push(v[0]);
+        }
+        real.sort_by(f32::total_cmp);
+        eprintln!(
+            "real SNR 10–50: n {} min {:.3} 5% {:.3} median {:.3}",
+            real.len(),
+            real[0],
+            real[real.len() / 20],
+            real[real.len() / 2]
+        );
+        assert!(real[0] > 0.8, "{}", real[0]);
+    }
+
+    #[test]
+    fn artefacts_score_low() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        let sn = 2.0f32;
+        let mut diff = noise_image(w, h, sn, 200);
+        let mut sci = noise_image(w, h, sn, 201);
+        let mut tmpl = noise_image(w, h, 1.0, 202);
+        // A cosmic-ray-like spike (unmasked) and a two-pixel hot pair.
+        *diff.image.at_mut(60, 60) += 400.0;
+        *sci.image.at_mut(60, 60) += 400.0;
+        *diff.image.at_mut(60, 190) += 250.0;
+        *diff.image.at_mut(61, 190) += 200.0;
+        // A bright template star mis-registered by 0.4 px (dipole residual).
+        let f = flux_for_snr(&p, 800.0, sn as f64);
+        add_psf(&mut sci.image, &p, 190.2, 60.0, f, 15);
+        add_psf(&mut tmpl.image, &p, 189.8, 60.0, f, 15);
+        add_psf(&mut diff.image, &p, 190.2, 60.0, f, 15);
+        add_psf(&mut diff.image, &p, 189.8, 60.0, -f, 15);
+        // A bright star with a 6% PSF-width mismatch (ring residual).
+        let narrow = GaussianPsfScaled { psf: p, scale: 0.94 };
+        add_psf(&mut sci.image, &p, 190.0, 190.0, f, 15);
+        add_psf(&mut tmpl.image, &p, 190.0, 190.0, f, 15);
+        add_psf(&mut diff.image, &narrow, 190.0, 190.0, f, 15);
+        add_psf(&mut diff.image, &p, 190.0, 190.0, -f, 15);
+        let s = scores(&diff, &sci, &tmpl, &p, &DetectConfig::default());
+        eprintln!("{s:?}");
+        for (x, y, what) in [
+            (60.0, 60.0, "spike"),
+            (60.5, 190.0, "hot pair"),
+            (190.0, 60.0, "dipole"),
+            (190.0, 190.0, "ring"),
+        ] {
+            let v = near(&s, x, y);
+            assert!(!v.is_empty(), "{what} detected");
+            for sc in v {
+                assert!(sc < 0.3, "{what}: {sc}");
+            }
+        }
+    }
+
+    #[test]
+    fn noise_fluctuations_score_lower_than_real_sources() {
+        let (w, h) = (2048, 2048);
+        let p = psf(w, h);
+        let noise = noise_image(w, h, 2.0, 300);
+        let zero = MaskedImage::new(w, h);
+        // A 4σ threshold to collect enough pure-noise peaks (≈ 5σ in the PSF fit).
+        let cfg = DetectConfig {
+            threshold: 4.2,
+            ..DetectConfig::default()
+        };
+        let s = scores(&noise, &noise, &zero, &p, &cfg);
+        let mean_noise = s.iter().map(|v| v.2 as f64).sum::<f64>() / s.len() as f64;
+        let (diff, sci, _) = real_sources(400);
+        let tmpl = noise_image(1024, 1024, 1.0, 402);
+        let r = scores(&diff, &sci, &tmpl, &psf(1024, 1024), &DetectConfig::default());
+        let mean_real = r.iter().map(|v| v.2 as f64).sum::<f64>() / r.len() as f64;
+        eprintln!("noise peaks {} mean score {mean_noise:.3}; real mean {mean_real:.3}", s.len());
+        assert!(s.len() >= 10);
+        assert!(mean_noise < mean_real - 0.05, "{mean_noise} {mean_real}");
+    }
+
+    #[test]
+    fn a_custom_model_replaces_the_default() {
+        #[derive(Debug)]
+        struct Always;
+        impl ReliabilityModel for Always {
+            fn score(&self, _: &ReliabilityFeatures) -> f32 {
+                0.5
+            }
+        }
+        let models: Vec<Box<dyn ReliabilityModel>> =
+            vec![Box::new(Always), Box::new(LogisticModel::default())];
+        let f = ReliabilityFeatures {
+            snr: f32::NAN,
+            psf_chi2_dof: f32::NAN,
+            size_ratio: f32::NAN,
+            shape_failed: true,
+            masked_fraction: 1.0,
+            centre_bad: true,
+            is_dipole: true,
+            is_trailed: false,
+            opposite_fraction: f32::NAN,
+            template_ratio: f32::INFINITY,
+            diff_to_science: f32::NAN,
+            edge_distance_fwhm: 0.0,
+        };
+        for m in &models {
+            let s = m.score(&f);
+            assert!((0.0..=1.0).contains(&s) && s.is_finite());
+        }
+        assert!(models[1].score(&f) < 0.01);
+    }
+}

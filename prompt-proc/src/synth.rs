@@ -160,3 +160,30 @@ impl Psf for DoubleGaussianPsf {
         ((1.0 - self.halo_frac) * s1 * s1 + self.halo_frac * s2 * s2).sqrt()
     }
 }
+
+/// Another PSF with every width scaled by `scale` (for PSF-mismatch residuals).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GaussianPsfScaled {
+    /// The PSF.
+    pub psf: DoubleGaussianPsf,
+    /// Width factor.
+    pub scale: f64,
+}
+
+impl Psf for GaussianPsfScaled {
+    fn kernel(&self, x: f64, y: f64, size: usize) -> Image<f32> {
+        self.image_at_shifted(x, y, size, 0.0, 0.0)
+    }
+
+    fn image_at_shifted(&self, x: f64, y: f64, size: usize, dx: f64, dy: f64) -> Image<f32> {
+        let p = DoubleGaussianPsf {
+            sigma: self.psf.sigma * self.scale,
+            ..self.psf
+        };
+        p.image_at_shifted(x, y, size, dx, dy)
+    }
+
+    fn sigma_at(&self, x: f64, y: f64) -> f64 {
+        self.psf.sigma_at(x, y) * self.scale
+    }
+}
