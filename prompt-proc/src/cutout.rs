@@ -165,8 +165,8 @@ mod tests {
     #[test]
     fn cutout_wcs_matches_the_detector_wcs_and_edges_are_padded() {
         let (w, h) = (512, 400);
-        let wcs = TanSipWcs::tan([120.0, -45.0], [256.5, 200.5], 0.2, 37.0)
-            .with_radial_distortion(2e-9);
+        let wcs =
+            TanSipWcs::tan([120.0, -45.0], [256.5, 200.5], 0.2, 37.0).with_radial_distortion(2e-9);
         let img = noise_image(w, h, 1.0, 1);
         let sci = noise_image(w, h, 1.0, 2);
         let tmpl = noise_image(w, h, 1.0, 3);
@@ -205,7 +205,21 @@ mod tests {
         }
         eprintln!("worst cutout WCS difference {worst:.2e} mas");
         assert!(worst < 1.0, "{worst}");
-        assert!(extract(&img, &sci, &MaskedImage::new(3, 3), &wcs, &p, &p, &p, 1.0, 1.0, 30).is_err());
+        assert!(
+            extract(
+                &img,
+                &sci,
+                &MaskedImage::new(3, 3),
+                &wcs,
+                &p,
+                &p,
+                &p,
+                1.0,
+                1.0,
+                30
+            )
+            .is_err()
+        );
         assert!(extract(&img, &sci, &tmpl, &wcs, &p, &p, &p, f64::NAN, 1.0, 30).is_err());
     }
 
@@ -219,12 +233,23 @@ mod tests {
         let zero = MaskedImage::new(w, h);
         let wcs = TanSipWcs::tan([0.0, 0.0], [200.0, 200.0], 0.2, 0.0);
         let det = detect(&diff, &p, &DetectConfig::default());
-        let ms = measure(&diff, &zero, &zero, &p, &wcs, &det, &MeasureConfig::default());
+        let ms = measure(
+            &diff,
+            &zero,
+            &zero,
+            &p,
+            &wcs,
+            &det,
+            &MeasureConfig::default(),
+        );
         let cfg = CutoutConfig::default();
         let star = ms.iter().find(|m| (m.x - 80.0).abs() < 2.0).unwrap();
         let trail = ms.iter().find(|m| (m.x - 200.0).abs() < 3.0).unwrap();
         let (s1, s2) = (cutout_size_for(star, &cfg), cutout_size_for(trail, &cfg));
-        eprintln!("star {s1} px, trail {s2} px (length {:.1})", trail.trail_length);
+        eprintln!(
+            "star {s1} px, trail {s2} px (length {:.1})",
+            trail.trail_length
+        );
         assert_eq!(s1, 30);
         assert!(s2 >= 60 + 2 && s2 <= cfg.max_size, "{s2}");
         let small = CutoutConfig {

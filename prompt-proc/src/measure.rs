@@ -43,6 +43,9 @@
 //! moments in px², angles in degrees, `ra`/`dec` in degrees, `raErr`/`decErr` in
 //! degrees on the sky (the RA error is of `ra·cos(dec)`).
 
+// Small dense linear algebra and run lists read best with index loops.
+#![allow(clippy::needless_range_loop)]
+
 use crate::detect::{BBox, Detections, Footprint, Peak};
 use crate::image::{MaskedImage, mask};
 use crate::psf::{FWHM_PER_SIGMA, Psf};
@@ -355,7 +358,7 @@ fn square(cx: f64, cy: f64, r: i32) -> BBox {
 fn solve<const N: usize>(mut a: [[f64; N]; N], mut b: [f64; N]) -> Option<[f64; N]> {
     for c in 0..N {
         let p = (c..N).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))?;
-        if !(a[p][c].abs() > 1e-300) || !a[p][c].is_finite() {
+        if a[p][c].abs() <= 1e-300 || !a[p][c].is_finite() {
             return None;
         }
         a.swap(c, p);
@@ -417,7 +420,7 @@ fn linear_flux(pix: &[(i32, i32, f64, f64)], st: &Stamp) -> Option<(f64, f64, f6
         spp += w * p * p;
         spd += w * p * d;
     }
-    if !(spp > 0.0) {
+    if spp.is_nan() || spp <= 0.0 {
         return None;
     }
     let f = spd / spp;
@@ -588,7 +591,7 @@ fn adaptive_moments(
     let (mut xc, mut yc) = (x_start, y_start);
     for _ in 0..iters.max(1) {
         let det = wxx * wyy - wxy * wxy;
-        if !(det > 0.0) {
+        if det.is_nan() || det <= 0.0 {
             return None;
         }
         let (ixx, iyy, ixy) = (wyy / det, wxx / det, -wxy / det);
@@ -613,15 +616,11 @@ fn adaptive_moments(
                 sxy += wd * dx * dy;
             }
         }
-        if !(s0 > 0.0) {
+        if s0.is_nan() || s0 <= 0.0 {
             return None;
         }
         let (mx, my) = (sx / s0, sy / s0);
-        let (qxx, qyy, qxy) = (
-            sxx / s0 - mx * mx,
-            syy / s0 - my * my,
-            sxy / s0 - mx * my,
-        );
+        let (qxx, qyy, qxy) = (sxx / s0 - mx * mx, syy / s0 - my * my, sxy / s0 - mx * my);
         // Move the centre (bounded per step and in total).
         xc += mx.clamp(-2.0, 2.0);
         yc += my.clamp(-2.0, 2.0);
@@ -769,17 +768,7 @@ pub fn measure(
     detections: &Detections,
     cfg: &MeasureConfig,
 ) -> Vec<DiaSourceMeasurement> {
-    measure_with_psfs(
-        diff,
-        science,
-        template,
-        psf,
-        psf,
-        psf,
-        wcs,
-        detections,
-        cfg,
-    )
+    measure_with_psfs(diff, science, template, psf, psf, psf, wcs, detections, cfg)
 }
 
 /// As [`measure`] with the science image's and the template's own PSFs for the forced
@@ -1142,7 +1131,7 @@ fn fit_trail(
         sp += w * unit[i] * unit[i];
         sd += w * unit[i] * d;
     }
-    if !(sp > 0.0) {
+    if sp.is_nan() || sp <= 0.0 {
         return;
     }
     let f0 = sd / sp;
@@ -1150,8 +1139,7 @@ fn fit_trail(
     let steps = [0.02, 0.02, f0.abs().max(1e-6) * 1e-3, 0.02, 0.002];
     let model = |p: &[f64; 5]| Some(trail_model(&pix.px, p, sigma));
     let obs: Vec<(f64, f64)> = pix.px.iter().map(|&(_, _, d, w)| (d, w)).collect();
-    let Some((p, chi2, a)) = levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &model)
-    else {
+    let Some((p, chi2, a)) = levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &model) else {
         return;
     };
     let [xc, yc, f, l, th] = p;
@@ -1323,7 +1311,14 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
         m.dipole_chi2 = chi2;
         m.dipole_ndata = npix;
         // Best single PSF of either sign on the same pixels.
-        let single = fit_psf(&pix.px, psf, brighter.x as f64, brighter.y as f64, khalf, cfg);
+        let single = fit_psf(
+            &pix.px,
+            psf,
+            brighter.x as f64,
+            brighter.y as f64,
+            khalf,
+            cfg,
+        );
         m.dipole_single_chi2 = single.chi2;
         m.is_dipole = fp_ > 0.0
             && fn_ > 0.0
@@ -1379,7 +1374,12 @@ mod tests {
         for (d, t) in diff.image.data_mut().iter_mut().zip(tmpl.image.data()) {
             *d -= t;
         }
-        for (d, t) in diff.variance.data_mut().iter_mut().zip(tmpl.variance.data()) {
+        for (d, t) in diff
+            .variance
+            .data_mut()
+            .iter_mut()
+            .zip(tmpl.variance.data())
+        {
             *d += t;
         }
         diff
@@ -1399,7 +1399,11 @@ mod tests {
     fn nearest(ms: &[DiaSourceMeasurement], x: f64, y: f64) -> Option<&DiaSourceMeasurement> {
         ms.iter()
             .filter(|m| (m.x - x).hypot(m.y - y) < 3.0)
-            .min_by(|a, b| (a.x - x).hypot(a.y - y).total_cmp(&(b.x - x).hypot(b.y - y)))
+            .min_by(|a, b| {
+                (a.x - x)
+                    .hypot(a.y - y)
+                    .total_cmp(&(b.x - x).hypot(b.y - y))
+            })
     }
 
     #[test]
@@ -1423,7 +1427,15 @@ mod tests {
         }
         let zero = MaskedImage::new(w, h);
         let det = detect(&diff, &p, &DetectConfig::default());
-        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let ms = measure(
+            &diff,
+            &zero,
+            &zero,
+            &p,
+            &wcs(),
+            &det,
+            &MeasureConfig::default(),
+        );
         let (mut ratio, mut pf, mut px, mut py, mut pap) = (vec![], vec![], vec![], vec![], vec![]);
         for &(x, y, f) in &truth {
             let m = nearest(&ms, x, y).expect("source measured");
@@ -1441,7 +1453,11 @@ mod tests {
             assert!((e - m.x_err.hypot(m.y_err)).abs() < 1e-3 * e.max(1e-9) + 1e-6);
         }
         let (mr, sf, sx, sy, sa) = (median(ratio), std(&pf), std(&px), std(&py), std(&pap));
-        let chi2dof = median(ms.iter().map(|m| m.psf_chi2 / (m.psf_ndata as f64 - 3.0)).collect());
+        let chi2dof = median(
+            ms.iter()
+                .map(|m| m.psf_chi2 / (m.psf_ndata as f64 - 3.0))
+                .collect(),
+        );
         eprintln!(
             "n {} flux ratio median {mr:.4}, pull σ flux {sf:.3} x {sx:.3} y {sy:.3} ap {sa:.3}, χ²/dof {chi2dof:.3}",
             truth.len()
@@ -1453,7 +1469,11 @@ mod tests {
         }
         assert!((chi2dof - 1.0).abs() < 0.15, "{chi2dof}");
         // Point sources are round and PSF-sized, and no trail is fitted on them.
-        let sizes = median(ms.iter().map(|m| (m.ixx + m.iyy) / (m.ixx_psf + m.iyy_psf)).collect());
+        let sizes = median(
+            ms.iter()
+                .map(|m| (m.ixx + m.iyy) / (m.ixx_psf + m.iyy_psf))
+                .collect(),
+        );
         assert!((sizes - 1.0).abs() < 0.1, "{sizes}");
         let trails = ms.iter().filter(|m| m.trail_length.is_finite()).count();
         assert!(trails * 50 < ms.len(), "{trails}");
@@ -1463,26 +1483,59 @@ mod tests {
     fn dipoles_are_measured_as_dipoles() {
         let (w, h) = (256, 256);
         let p = psf(w, h);
-        for (k, &(shift, ang)) in [(1.0f64, 30.0f64), (0.6, -120.0), (1.5, 75.0), (0.3, 160.0)].iter().enumerate() {
+        for (k, &(shift, ang)) in [(1.0f64, 30.0f64), (0.6, -120.0), (1.5, 75.0), (0.3, 160.0)]
+            .iter()
+            .enumerate()
+        {
             let mut sci = noise_image(w, h, 1.6, 40 + k as u64);
             let mut tmpl = noise_image(w, h, 1.2, 140 + k as u64);
             let f = flux_for_snr(&p, 128.0, 128.0, 600.0, 2.0);
             let (s, c) = ang.to_radians().sin_cos();
             // Science star at +shift/2, template star at −shift/2.
-            add_psf(&mut sci.image, &p, 128.0 + 0.5 * shift * c, 128.0 + 0.5 * shift * s, f, 15);
-            add_psf(&mut tmpl.image, &p, 128.0 - 0.5 * shift * c, 128.0 - 0.5 * shift * s, f, 15);
+            add_psf(
+                &mut sci.image,
+                &p,
+                128.0 + 0.5 * shift * c,
+                128.0 + 0.5 * shift * s,
+                f,
+                15,
+            );
+            add_psf(
+                &mut tmpl.image,
+                &p,
+                128.0 - 0.5 * shift * c,
+                128.0 - 0.5 * shift * s,
+                f,
+                15,
+            );
             let diff = difference(&sci, &tmpl);
             let det = detect(&diff, &p, &DetectConfig::default());
-            let ms = measure(&diff, &sci, &tmpl, &p, &wcs(), &det, &MeasureConfig::default());
+            let ms = measure(
+                &diff,
+                &sci,
+                &tmpl,
+                &p,
+                &wcs(),
+                &det,
+                &MeasureConfig::default(),
+            );
             assert_eq!(ms.len(), 1);
             let m = &ms[0];
             eprintln!(
                 "dipole shift {shift} angle {ang}: length {:.3} angle {:.2} mean {:.0} ({f:.0}) diff {:.0} χ² {:.0} vs {:.0}",
-                m.dipole_length, m.dipole_angle, m.dipole_mean_flux, m.dipole_flux_diff,
-                m.dipole_chi2, m.dipole_single_chi2
+                m.dipole_length,
+                m.dipole_angle,
+                m.dipole_mean_flux,
+                m.dipole_flux_diff,
+                m.dipole_chi2,
+                m.dipole_single_chi2
             );
             assert!(m.is_dipole);
-            assert!((m.dipole_length - shift).abs() < 0.1 * shift, "{}", m.dipole_length);
+            assert!(
+                (m.dipole_length - shift).abs() < 0.1 * shift,
+                "{}",
+                m.dipole_length
+            );
             let da = (m.dipole_angle - ang + 540.0).rem_euclid(360.0) - 180.0;
             assert!(da.abs() < 3.0, "{}", m.dipole_angle);
             assert!((m.dipole_length_arcsec - 0.2 * m.dipole_length).abs() < 1e-3);
@@ -1499,7 +1552,15 @@ mod tests {
         let f = flux_for_snr(&p, 128.0, 128.0, 150.0, 2.0);
         add_trail(&mut diff.image, &p, 128.0, 128.0, f, 20.0, 30.0);
         let det = detect(&diff, &p, &DetectConfig::default());
-        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let ms = measure(
+            &diff,
+            &zero,
+            &zero,
+            &p,
+            &wcs(),
+            &det,
+            &MeasureConfig::default(),
+        );
         assert_eq!(ms.len(), 1, "{ms:?}");
         let m = &ms[0];
         eprintln!(
@@ -1526,13 +1587,27 @@ mod tests {
         add_psf(&mut sci.image, &p, 180.0, 60.0, 5_000.0, 15);
         let diff = difference(&sci, &tmpl);
         let det = detect(&diff, &p, &DetectConfig::default());
-        let ms = measure(&diff, &sci, &tmpl, &p, &wcs(), &det, &MeasureConfig::default());
+        let ms = measure(
+            &diff,
+            &sci,
+            &tmpl,
+            &p,
+            &wcs(),
+            &det,
+            &MeasureConfig::default(),
+        );
         let a = nearest(&ms, 100.3, 120.6).expect("variable");
         let b = nearest(&ms, 180.0, 60.0).expect("new source");
         eprintln!(
             "variable: sci {:.0}±{:.0} tmpl {:.0}±{:.0} diff {:.0}; new: sci {:.0} tmpl {:.0}±{:.0}",
-            a.science_flux, a.science_flux_err, a.template_flux, a.template_flux_err, a.psf_flux,
-            b.science_flux, b.template_flux, b.template_flux_err
+            a.science_flux,
+            a.science_flux_err,
+            a.template_flux,
+            a.template_flux_err,
+            a.psf_flux,
+            b.science_flux,
+            b.template_flux,
+            b.template_flux_err
         );
         assert!((a.science_flux - fs).abs() < 4.0 * a.science_flux_err);
         assert!((a.template_flux - ft).abs() < 4.0 * a.template_flux_err);
@@ -1559,7 +1634,15 @@ mod tests {
             }
         }
         let det = detect(&diff, &p, &DetectConfig::default());
-        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let ms = measure(
+            &diff,
+            &zero,
+            &zero,
+            &p,
+            &wcs(),
+            &det,
+            &MeasureConfig::default(),
+        );
         let sat = nearest(&ms, 50.0, 50.0).unwrap();
         assert!(sat.centre_flags.saturated && sat.footprint_flags.saturated);
         assert!(sat.psf_flux.is_finite(), "fit without the saturated pixel");
@@ -1582,7 +1665,15 @@ mod tests {
         let f = flux_for_snr(&p, 64.0, 64.0, 50.0, 1.0);
         add_psf(&mut diff.image, &p, 64.2, 63.7, -f, 15);
         let det = detect(&diff, &p, &DetectConfig::default());
-        let ms = measure(&diff, &zero, &zero, &p, &wcs(), &det, &MeasureConfig::default());
+        let ms = measure(
+            &diff,
+            &zero,
+            &zero,
+            &p,
+            &wcs(),
+            &det,
+            &MeasureConfig::default(),
+        );
         let m = nearest(&ms, 64.2, 63.7).unwrap();
         assert!(m.is_negative && m.psf_flux < 0.0);
         assert!((m.psf_flux + f).abs() < 4.0 * m.psf_flux_err);
@@ -1596,6 +1687,17 @@ mod tests {
             threshold: 5.0,
             filter_sigma: 1.7,
         };
-        assert!(measure(&diff, &zero, &zero, &p, &wcs(), &none, &MeasureConfig::default()).is_empty());
+        assert!(
+            measure(
+                &diff,
+                &zero,
+                &zero,
+                &p,
+                &wcs(),
+                &none,
+                &MeasureConfig::default()
+            )
+            .is_empty()
+        );
     }
 }

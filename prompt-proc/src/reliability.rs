@@ -86,12 +86,11 @@ impl ReliabilityFeatures {
             1.0
         };
         let opposite = opposite_fraction(diff, m.x, m.y, sign, 2.0 * sigma);
-        let edge = m
-            .x
-            .min(m.y)
-            .min(w as f64 - 1.0 - m.x)
-            .min(h as f64 - 1.0 - m.y)
-            .max(0.0);
+        let edge =
+            m.x.min(m.y)
+                .min(w as f64 - 1.0 - m.x)
+                .min(h as f64 - 1.0 - m.y)
+                .max(0.0);
         let cb = m.centre_flags;
         Self {
             snr: m.snr as f32,
@@ -145,7 +144,7 @@ fn opposite_fraction(diff: &MaskedImage, x: f64, y: f64, s: f64, sw: f64) -> f64
             ) else {
                 continue;
             };
-            if mk & mask::UNUSABLE != 0 || !v.is_finite() || !(var > 0.0) {
+            if mk & mask::UNUSABLE != 0 || !v.is_finite() || var.is_nan() || var <= 0.0 {
                 continue;
             }
             let d2 = (px as f64 - x).powi(2) + (py as f64 - y).powi(2);
@@ -386,7 +385,10 @@ mod tests {
         add_psf(&mut diff.image, &p, 190.2, 60.0, f, 15);
         add_psf(&mut diff.image, &p, 189.8, 60.0, -f, 15);
         // A bright star with a 6% PSF-width mismatch (ring residual).
-        let narrow = GaussianPsfScaled { psf: p, scale: 0.94 };
+        let narrow = GaussianPsfScaled {
+            psf: p,
+            scale: 0.94,
+        };
         add_psf(&mut sci.image, &p, 190.0, 190.0, f, 15);
         add_psf(&mut tmpl.image, &p, 190.0, 190.0, f, 15);
         add_psf(&mut diff.image, &narrow, 190.0, 190.0, f, 15);
@@ -422,9 +424,18 @@ mod tests {
         let mean_noise = s.iter().map(|v| v.2 as f64).sum::<f64>() / s.len() as f64;
         let (diff, sci, _) = real_sources(400);
         let tmpl = noise_image(1024, 1024, 1.0, 402);
-        let r = scores(&diff, &sci, &tmpl, &psf(1024, 1024), &DetectConfig::default());
+        let r = scores(
+            &diff,
+            &sci,
+            &tmpl,
+            &psf(1024, 1024),
+            &DetectConfig::default(),
+        );
         let mean_real = r.iter().map(|v| v.2 as f64).sum::<f64>() / r.len() as f64;
-        eprintln!("noise peaks {} mean score {mean_noise:.3}; real mean {mean_real:.3}", s.len());
+        eprintln!(
+            "noise peaks {} mean score {mean_noise:.3}; real mean {mean_real:.3}",
+            s.len()
+        );
         assert!(s.len() >= 10);
         assert!(mean_noise < mean_real - 0.05, "{mean_noise} {mean_real}");
     }

@@ -127,8 +127,7 @@ pub struct DoubleGaussianPsf {
 
 impl DoubleGaussianPsf {
     fn core_sigma(&self, x: f64, y: f64) -> f64 {
-        self.sigma
-            * (1.0 + self.gx * (x / self.width - 0.5) + self.gy * (y / self.height - 0.5))
+        self.sigma * (1.0 + self.gx * (x / self.width - 0.5) + self.gy * (y / self.height - 0.5))
     }
 }
 
