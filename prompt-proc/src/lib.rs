@@ -4,13 +4,17 @@
 //! Shared types: [`image`] (images, mask planes, masked images), [`psf`] (the PSF
 //! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
 //! DiaObjects and predicted solar-system positions, DiaObject summary statistics, and
-//! the choice of forced-photometry targets.
+//! the choice of forced-photometry targets; [`detect`]ion, [`measure`]ment,
+//! [`reliability`] scoring and [`cutout`]s on the difference image; [`synth`]etic
+//! scenes for tests and benchmarks.
 
 pub mod association;
 pub mod background;
 pub mod calibrate;
 pub mod convolve;
 pub mod decorrelate;
+pub mod cutout;
+pub mod detect;
 pub mod error;
 pub mod fitsimage;
 pub mod image;
@@ -21,6 +25,10 @@ pub mod warp;
 pub mod psf_model;
 pub mod stars;
 pub mod subtract;
+pub mod measure;
+pub mod psf;
+pub mod reliability;
+pub mod synth;
 
 pub use error::ScienceError;
 pub use image::{Image, MaskedImage};
