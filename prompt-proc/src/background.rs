@@ -19,7 +19,7 @@ use crate::error::ScienceError;
 use crate::image::{MaskedImage, mask};
 
 /// Tunables of [`estimate`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackgroundConfig {
     /// Side of a mesh cell, pixels.

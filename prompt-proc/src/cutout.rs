@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub const CUTOUT_PSF_SIZE: usize = 25;
 
 /// Tunables of [`cutout_size_for`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CutoutConfig {
     /// Smallest cutout side, pixels.

@@ -50,7 +50,7 @@ use crate::psf::{FWHM_PER_SIGMA, Psf};
 use serde::Deserialize;
 
 /// Tunables of [`detect`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectConfig {
     /// Detection threshold in σ of the significance image (both signs).

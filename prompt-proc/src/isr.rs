@@ -52,7 +52,7 @@ use crate::io::{MasterCalibs, RawAmp, RawMeta, RawPixels, RawSnap};
 use crate::psf::FWHM_PER_SIGMA;
 
 /// ISR tunables.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IsrConfig {
     /// Leading serial-overscan columns ignored (bias ramp), columns.

@@ -22,6 +22,7 @@ pub mod io;
 pub mod isr;
 pub mod measure;
 pub mod psf;
+pub mod pipeline;
 pub mod psf_model;
 pub mod reliability;
 pub mod stars;

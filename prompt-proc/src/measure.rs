@@ -53,7 +53,7 @@ use apflow_core::wcs::TanSipWcs;
 use serde::Deserialize;
 
 /// Tunables of [`measure`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeasureConfig {
     /// Half-width of the PSF-fit box in PSF σ.

@@ -34,7 +34,7 @@ use crate::psf::{FWHM_PER_SIGMA, Psf, lanczos3};
 use crate::stars::{Star, flags};
 
 /// Tunables of [`fit_psf`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PsfConfig {
     /// Model stamp side, pixels (odd); 0 = automatic, ≈ 7 × FWHM clamped to 15–51.

@@ -99,7 +99,7 @@ impl Star {
 }
 
 /// Tunables of [`detect_stars`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StarConfig {
     /// Detection threshold on the smoothed peak's significance, σ.

@@ -65,7 +65,7 @@ use crate::psf::Psf;
 use serde::Deserialize;
 
 /// Which input gets convolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvolveChoice {
     /// The one with the narrower PSF at the detector centre.
@@ -87,7 +87,7 @@ pub enum ConvolvedImage {
 }
 
 /// Tunables of [`subtract`].
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct SubtractConfig {
     /// Which image to convolve.

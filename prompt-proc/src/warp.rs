@@ -30,7 +30,7 @@ use crate::io::{TemplateTile, TemplateTileInfo};
 use crate::psf::{ImagePsf, lanczos3};
 
 /// Warping tunables.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WarpConfig {
     /// Spacing of the exactly evaluated mapping nodes, science pixels.
@@ -264,7 +264,7 @@ impl TileState<'_> {
 
 /// Warps `tiles` onto the `width` × `height` science grid of `science_wcs`.
 pub fn warp_template(
-    tiles: &[TemplateTile],
+    tiles: &[&TemplateTile],
     science_wcs: &TanSipWcs,
     width: usize,
     height: usize,

@@ -377,7 +377,15 @@ impl Night {
     fn catalogs(&self, centre: UnitVector, radius_deg: f64) -> Vec<CellCatalog> {
         Cell::covering(centre, radius_deg)
             .into_iter()
-            .map(|c| sky::generate_cell(self.spec.seed, self.spec.profile, c, self.night_mjd))
+            .map(|c| {
+                sky::generate_cell(
+                    self.spec.seed,
+                    self.spec.profile,
+                    c,
+                    self.night_mjd,
+                    self.spec.injected_density_deg2,
+                )
+            })
             .collect()
     }
 
@@ -569,6 +577,7 @@ impl Night {
                     let kind = match t.kind {
                         sky::TransientKind::Supernova => TruthKind::Supernova,
                         sky::TransientKind::Fast => TruthKind::FastTransient,
+                        sky::TransientKind::Injected => TruthKind::Injected,
                     };
                     push(t.id, kind, p, xy, f, tf, t.host, (0.0, 0.0));
                 }

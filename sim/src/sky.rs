@@ -240,6 +240,9 @@ pub enum TransientKind {
     Supernova,
     /// Fast: rises in minutes to an hour, fades over hours (flares, kilonova-like).
     Fast,
+    /// A point source injected to measure completeness: constant flux from the start of
+    /// the night, absent from the templates (`NightSpec::injected_density_deg2`).
+    Injected,
 }
 
 /// A transient.
@@ -279,6 +282,7 @@ impl Transient {
         }
         let after = t - self.rise_d;
         match self.kind {
+            TransientKind::Injected => peak,
             TransientKind::Supernova => {
                 // Redder bands decline more slowly.
                 let rate = self.decline * (1.3 - 0.1 * band.index() as f64);
@@ -369,12 +373,25 @@ fn galaxy_mags(r_mag: f64, g_r: f64) -> [f64; 6] {
 
 /// Cutoffs of the catalogues (r-band AB magnitudes).
 pub const STAR_MAG_RANGE: (f64, f64) = (14.0, 25.5);
+/// Magnitude range of injected point sources (AB, every band): from bright to below a
+/// typical visit's 5σ depth.
+pub const INJECTED_MAG_RANGE: (f64, f64) = (20.5, 25.0);
 /// Galaxy magnitude range.
 pub const GALAXY_MAG_RANGE: (f64, f64) = (17.0, 25.0);
 
 /// Generates the static sources of `cell` for `seed`, `profile` and the night centred
 /// on `night_mjd` (transients explode around it).
-pub fn generate_cell(seed: u64, profile: Profile, cell: Cell, night_mjd: f64) -> CellCatalog {
+///
+/// `injected_density_deg2` adds that many constant point sources per deg² (r between
+/// [`INJECTED_MAG_RANGE`], flat spectrum, no host), drawn from their own random stream
+/// so the natural sky is the same with or without them.
+pub fn generate_cell(
+    seed: u64,
+    profile: Profile,
+    cell: Cell,
+    night_mjd: f64,
+    injected_density_deg2: f64,
+) -> CellCatalog {
     let mut r = rng::stream(seed, "cell", cell.key(), 0, 0);
     let area = cell.area_deg2();
     let count = |r: &mut rand_chacha::ChaCha8Rng, mean: f64| -> usize {
@@ -489,6 +506,23 @@ pub fn generate_cell(seed: u64, profile: Profile, cell: Cell, night_mjd: f64) ->
             peak_mags: galaxy_mags(peak, g_r),
         });
     }
+    let mut ri = rng::stream(seed, "inject", cell.key(), 0, 0);
+    let n_inj = count(&mut ri, injected_density_deg2 * area);
+    for k in 0..n_inj {
+        let (ra, dec) = uniform_in_cell(&mut ri, cell);
+        let mag = ri.random_range(INJECTED_MAG_RANGE.0..INJECTED_MAG_RANGE.1);
+        transients.push(Transient {
+            id: base | (4 << 20) | k as u64,
+            kind: TransientKind::Injected,
+            ra_deg: ra,
+            dec_deg: dec,
+            host: None,
+            t0_mjd: night_mjd - 1.0,
+            rise_d: 1e-9,
+            decline: 0.0,
+            peak_mags: [mag; 6],
+        });
+    }
     CellCatalog {
         stars,
         galaxies,
@@ -585,13 +619,13 @@ mod tests {
             dec_index: 1400,
             ra_index: 100,
         };
-        let a = generate_cell(9, Profile::Typical, cell, 61_000.0);
-        assert_eq!(a, generate_cell(9, Profile::Typical, cell, 61_000.0));
+        let a = generate_cell(9, Profile::Typical, cell, 61_000.0, 0.0);
+        assert_eq!(a, generate_cell(9, Profile::Typical, cell, 61_000.0, 0.0));
         assert_ne!(
             a.stars,
-            generate_cell(10, Profile::Typical, cell, 61_000.0).stars
+            generate_cell(10, Profile::Typical, cell, 61_000.0, 0.0).stars
         );
-        let crowded = generate_cell(9, Profile::Crowded, cell, 61_000.0);
+        let crowded = generate_cell(9, Profile::Crowded, cell, 61_000.0, 0.0);
         assert!(crowded.stars.len() > 10 * a.stars.len());
         let expected = Profile::Typical.star_density_deg2() * cell.area_deg2();
         assert!(

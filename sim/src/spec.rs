@@ -103,6 +103,9 @@ pub struct NightSpec {
     pub template_epochs: u32,
     /// Side of a template tile (without its overlap border), pixels.
     pub template_tile_size: u32,
+    /// Injected constant point sources per deg² (absent from the templates), to
+    /// measure detection completeness; 0 (the default) injects none.
+    pub injected_density_deg2: f64,
 }
 
 impl Default for NightSpec {
@@ -125,6 +128,7 @@ impl Default for NightSpec {
             dither_deg: 0.05,
             template_epochs: 8,
             template_tile_size: 2000,
+            injected_density_deg2: 0.0,
         }
     }
 }
@@ -194,6 +198,12 @@ impl NightSpec {
         }
         if self.template_epochs == 0 {
             problems.push("template_epochs must be at least 1".to_string());
+        }
+        if !(self.injected_density_deg2 >= 0.0 && self.injected_density_deg2 <= 1.0e6) {
+            problems.push(format!(
+                "injected_density_deg2 must be in 0–1e6, got {}",
+                self.injected_density_deg2
+            ));
         }
         if self.template_tile_size < 256 {
             problems.push(format!(

@@ -21,6 +21,8 @@ pub enum TruthKind {
     VariableStar,
     /// Moving solar-system object.
     SolarSystem,
+    /// Injected constant point source (completeness tests).
+    Injected,
 }
 
 impl TruthKind {
@@ -31,6 +33,7 @@ impl TruthKind {
             Self::FastTransient => "fast_transient",
             Self::VariableStar => "variable_star",
             Self::SolarSystem => "solar_system",
+            Self::Injected => "injected",
         }
     }
 }

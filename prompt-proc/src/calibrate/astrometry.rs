@@ -30,7 +30,7 @@ use crate::error::ScienceError;
 use crate::stars::{Grid, Star, flags};
 
 /// Tunables of [`fit_astrometry`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AstrometryConfig {
     /// Minimum aperture S/N of a source used.

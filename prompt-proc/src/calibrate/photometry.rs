@@ -17,7 +17,7 @@ use crate::error::ScienceError;
 use crate::stars::{Star, flags};
 
 /// Tunables of [`fit_photometry`].
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PhotometryConfig {
     /// Minimum PSF-flux S/N of a calibration star.

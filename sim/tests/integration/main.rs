@@ -101,7 +101,7 @@ fn bright_star_flux_and_position_match_truth_and_header_wcs_is_off_by_the_offset
     let centre = wcs.pixel_to_unit(1024.0, 1024.0);
     let cats: Vec<_> = Cell::covering(centre, 0.1)
         .into_iter()
-        .map(|c| generate_cell(spec.seed, spec.profile, c, v.start().0))
+        .map(|c| generate_cell(spec.seed, spec.profile, c, v.start().0, 0.0))
         .collect();
     // Every static source with its pixel position and r flux.
     let mut all: Vec<(f64, f64, f64)> = Vec::new();
@@ -320,7 +320,7 @@ fn truth_lists_injected_sources_with_difference_fluxes() {
             let (x, y) = wcs.sky_to_pixel(r.ra_deg, r.dec_deg).unwrap();
             assert!((x - r.x).abs() < 1e-6 && (y - r.y).abs() < 1e-6);
             match r.kind {
-                TruthKind::Supernova | TruthKind::FastTransient => {
+                TruthKind::Supernova | TruthKind::FastTransient | TruthKind::Injected => {
                     assert_eq!(r.template_flux_njy, 0.0)
                 }
                 TruthKind::VariableStar => assert!(r.template_flux_njy > 0.0),
