@@ -391,6 +391,14 @@ pub struct TemplateTileInfo {
     pub path: PathBuf,
 }
 
+impl TemplateTileInfo {
+    /// The same entry with [`Self::path`] set.
+    pub fn with_path(mut self, path: PathBuf) -> Self {
+        self.path = path;
+        self
+    }
+}
+
 /// A template tile: image in nJy per pixel, variance in nJy², its PSF and TAN WCS.
 #[derive(Clone, Debug)]
 pub struct TemplateTile {
