@@ -263,6 +263,9 @@ impl TileState<'_> {
     }
 }
 
+/// A tile usable in a mapping cell: (tile, bilinear coefficients, |det J|).
+type Candidate = (usize, [(f64, f64); 4], f32);
+
 /// Warps `tiles` onto the `width` × `height` science grid of `science_wcs`.
 pub fn warp_template(
     tiles: &[TemplateTile],
@@ -303,7 +306,7 @@ pub fn warp_template(
     let (ncx, ncy) = (width.div_ceil(step), height.div_ceil(step));
     let sf = step as f64;
     // Per candidate tile of a cell: (tile, bilinear coefficients, |det J|).
-    let mut cands: Vec<(usize, [(f64, f64); 4], f32)> = Vec::new();
+    let mut cands: Vec<Candidate> = Vec::new();
     for cj in 0..ncy {
         for ci in 0..ncx {
             let (x0, y0) = (ci * step, cj * step);
@@ -394,10 +397,10 @@ pub fn warp_template(
                     let mut m = 0u32;
                     if st.has_mask {
                         let md = st.tile.mask.data();
-                        for r in 0..6 {
+                        for (r, &wyr) in wy.iter().take(6).enumerate() {
                             let o = base + r * st.w;
-                            for c in 0..6 {
-                                if wx[c] != 0.0 && wy[r] != 0.0 {
+                            for (c, &wxc) in wx.iter().take(6).enumerate() {
+                                if wxc != 0.0 && wyr != 0.0 {
                                     m |= md[o + c];
                                 }
                             }

@@ -406,7 +406,7 @@ fn failure_paths() {
     let small =
         MasterCalibs::from_parts(Image::new(8, 8), Image::new(8, 8), Image::filled(8, 8, 1.0))
             .unwrap();
-    let e = run(&[snap.clone()], &small, &cfg).unwrap_err();
+    let e = run(std::slice::from_ref(&snap), &small, &cfg).unwrap_err();
     assert!(matches!(e, ScienceError::BadInput(_)), "{e}");
     // A truncated amplifier.
     let mut cut = snap;
