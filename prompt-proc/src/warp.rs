@@ -241,6 +241,47 @@ fn dot8(a: &[f32; 8], w: &[f32; 8]) -> f32 {
     (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]))
 }
 
+/// Lanczos-3 sample of a tile at (sx, sy) (inside): value × area, variance, mask.
+#[inline(always)]
+fn sample(
+    st: &TileState<'_>,
+    table: &[[f32; 8]],
+    sw2: &[f32],
+    sx: f64,
+    sy: f64,
+    area: f32,
+) -> (f32, f32, u32) {
+    // sx, sy ≥ 2 (inside): truncation is floor, without a libm call.
+    let (ix, iy) = (sx as usize, sy as usize);
+    let px = ((sx - ix as f64) * PHASES as f64 + 0.5) as usize;
+    let py = ((sy - iy as f64) * PHASES as f64 + 0.5) as usize;
+    let (wx, wy) = (&table[px], &table[py]);
+    let img = st.tile.image.data();
+    let base = (iy - 2) * st.w + ix - 2;
+    let rows = &img[base..base + 5 * st.w + 8];
+    let mut acc = 0f32;
+    for (r, &wyr) in wy.iter().take(6).enumerate() {
+        let o = r * st.w;
+        let a: &[f32; 8] = rows[o..o + 8].try_into().expect("8 taps");
+        acc += wyr * dot8(a, wx);
+    }
+    let near = (iy + usize::from(py > PHASES / 2)) * st.w + ix + usize::from(px > PHASES / 2);
+    let nvar = st.tile.variance.data()[near];
+    let mut m = 0u32;
+    if st.has_mask {
+        let md = st.tile.mask.data();
+        for (r, &wyr) in wy.iter().take(6).enumerate() {
+            let o = base + r * st.w;
+            for (c, &wxc) in wx.iter().take(6).enumerate() {
+                if wxc != 0.0 && wyr != 0.0 {
+                    m |= md[o + c];
+                }
+            }
+        }
+    }
+    (acc * area, nvar * sw2[px] * sw2[py] * area * area, m)
+}
+
 /// Per-tile data for the warp.
 struct TileState<'a> {
     tile: &'a TemplateTile,
@@ -349,6 +390,32 @@ pub fn warp_template(
             if uniform {
                 cands.retain(|c| c.0 == corner_best[0]);
             }
+            if uniform && cands.len() == 1 {
+                // Fast path: one tile, positions advance linearly along each row.
+                let (k, [a, b, cc, d], area) = cands[0];
+                let st = &states[k];
+                for y in y0..y1 {
+                    let v = y as f64 / sf - cj as f64;
+                    let u0 = x0 as f64 / sf - ci as f64;
+                    let (dxu, dyu) = ((b.0 + d.0 * v) / sf, (b.1 + d.1 * v) / sf);
+                    let sx0 = a.0 + cc.0 * v + (b.0 + d.0 * v) * u0;
+                    let sy0 = a.1 + cc.1 * v + (b.1 + d.1 * v) * u0;
+                    let row0 = y * width;
+                    for (i, x) in (x0..x1).enumerate() {
+                        let (sx, sy) = (sx0 + dxu * i as f64, sy0 + dyu * i as f64);
+                        if !st.inside(sx, sy) {
+                            continue;
+                        }
+                        let (val, var, m) = sample(st, &table, &sw2, sx, sy, area);
+                        let idx = row0 + x;
+                        out.image.data_mut()[idx] = val;
+                        out.variance.data_mut()[idx] = var;
+                        out.mask.data_mut()[idx] = m;
+                        covered += 1;
+                    }
+                }
+                continue;
+            }
             for y in y0..y1 {
                 let v = y as f64 / sf - cj as f64;
                 for x in x0..x1 {
@@ -361,10 +428,6 @@ pub fn warp_template(
                         let sy = a.1 + b.1 * u + cc.1 * v + d.1 * u * v;
                         let st = &states[k];
                         if st.inside(sx, sy) {
-                            if uniform {
-                                best = Some((c, sx, sy, 0.0));
-                                break;
-                            }
                             let dist = st.distance(sx, sy);
                             if best.is_none_or(|b| dist < b.3) {
                                 best = Some((c, sx, sy, dist));
@@ -375,40 +438,10 @@ pub fn warp_template(
                         continue;
                     };
                     let (k, _, area) = cands[c];
-                    let st = &states[k];
-                    // sx, sy ≥ 2 (inside): truncation is floor, without a libm call.
-                    let (ix, iy) = (sx as usize, sy as usize);
-                    let px = ((sx - ix as f64) * PHASES as f64 + 0.5) as usize;
-                    let py = ((sy - iy as f64) * PHASES as f64 + 0.5) as usize;
-                    let (wx, wy) = (&table[px], &table[py]);
-                    let img = st.tile.image.data();
-                    let base = (iy - 2) * st.w + ix - 2;
-                    let rows = &img[base..base + 5 * st.w + 8];
-                    let mut acc = 0f32;
-                    for (r, &wyr) in wy.iter().take(6).enumerate() {
-                        let o = r * st.w;
-                        let a: &[f32; 8] = rows[o..o + 8].try_into().expect("8 taps");
-                        acc += wyr * dot8(a, wx);
-                    }
-                    let near = (iy + usize::from(py > PHASES / 2)) * st.w
-                        + ix
-                        + usize::from(px > PHASES / 2);
-                    let nvar = st.tile.variance.data()[near];
-                    let mut m = 0u32;
-                    if st.has_mask {
-                        let md = st.tile.mask.data();
-                        for (r, &wyr) in wy.iter().take(6).enumerate() {
-                            let o = base + r * st.w;
-                            for (c, &wxc) in wx.iter().take(6).enumerate() {
-                                if wxc != 0.0 && wyr != 0.0 {
-                                    m |= md[o + c];
-                                }
-                            }
-                        }
-                    }
+                    let (val, var, m) = sample(&states[k], &table, &sw2, sx, sy, area);
                     let idx = y * width + x;
-                    out.image.data_mut()[idx] = acc * area;
-                    out.variance.data_mut()[idx] = nvar * sw2[px] * sw2[py] * area * area;
+                    out.image.data_mut()[idx] = val;
+                    out.variance.data_mut()[idx] = var;
                     out.mask.data_mut()[idx] = m;
                     covered += 1;
                 }
