@@ -259,12 +259,16 @@ fn sample(
     let img = st.tile.image.data();
     let base = (iy - 2) * st.w + ix - 2;
     let rows = &img[base..base + 5 * st.w + 8];
-    let mut acc = 0f32;
+    // Vertical pass first (8-wide column sums vectorise), then one dot with wx.
+    let mut col = [0f32; 8];
     for (r, &wyr) in wy.iter().take(6).enumerate() {
         let o = r * st.w;
         let a: &[f32; 8] = rows[o..o + 8].try_into().expect("8 taps");
-        acc += wyr * dot8(a, wx);
+        for k in 0..8 {
+            col[k] += wyr * a[k];
+        }
     }
+    let acc = dot8(&col, wx);
     let near = (iy + usize::from(py > PHASES / 2)) * st.w + ix + usize::from(px > PHASES / 2);
     let nvar = st.tile.variance.data()[near];
     let mut m = 0u32;
