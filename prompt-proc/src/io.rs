@@ -348,7 +348,10 @@ impl MasterCalibs {
         let compute = || -> Vec<usize> {
             let (b, d, f) = (self.bias.data(), self.dark.data(), self.flat.data());
             (0..b.len())
-                .filter(|&i| !(d[i] <= hot_e_per_s) || !(f[i] >= dead_flat) || !b[i].is_finite())
+                .filter(|&i| {
+                    let ok = d[i] <= hot_e_per_s && f[i] >= dead_flat && b[i].is_finite();
+                    !ok
+                })
                 .collect()
         };
         let c = self
@@ -391,6 +394,14 @@ pub struct TemplateTileInfo {
     pub path: PathBuf,
 }
 
+impl TemplateTileInfo {
+    /// The same entry with [`Self::path`] set.
+    pub fn with_path(mut self, path: PathBuf) -> Self {
+        self.path = path;
+        self
+    }
+}
+
 /// A template tile: image in nJy per pixel, variance in nJy², its PSF and TAN WCS.
 #[derive(Clone, Debug)]
 pub struct TemplateTile {
@@ -429,7 +440,7 @@ impl TemplateTile {
                 variance.dims()
             )));
         }
-        if psf.width() % 2 == 0 || psf.width() != psf.height() {
+        if psf.width().is_multiple_of(2) || psf.width() != psf.height() {
             return Err(ScienceError::BadInput(format!(
                 "template tile {id}: PSF {:?} is not odd and square",
                 psf.dims()

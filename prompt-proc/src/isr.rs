@@ -482,6 +482,7 @@ fn psf_ratios(meta: &RawMeta, cfg: &IsrConfig) -> [f32; 4] {
 }
 
 /// Is `f(x, y)` sharper than the PSF in some direction? `noise` is the pixel σ.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn is_sharp(
     f: &dyn Fn(usize) -> f32,
@@ -729,6 +730,10 @@ pub fn run_reusing(
     )
 }
 
+/// Single-snap cosmic-ray inputs: block sky (values, blocks per row, block size) and
+/// the PSF ratios of the sharpness test.
+type SingleSnapCr = ((Vec<f32>, usize, usize), [f32; 4]);
+
 /// Saturation growth and checks, flat field, variance, masks, single-snap cosmic
 /// rays, interpolation. `buf1` holds the summed charge (e⁻), `buf2` becomes the
 /// variance.
@@ -744,7 +749,7 @@ fn finish(
     mut all_cr: Vec<usize>,
     mut cr_interp: Vec<usize>,
     cr_replaced: Vec<(usize, f32)>,
-    single: Option<((Vec<f32>, usize, usize), [f32; 4])>,
+    single: Option<SingleSnapCr>,
     noise: &NoiseBands,
     dt_total: f32,
     total_t: f64,

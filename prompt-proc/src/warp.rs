@@ -139,8 +139,9 @@ impl GridMapping {
         step: usize,
     ) -> Self {
         let step = step.max(1);
-        let nx = (width.max(2) - 1).div_ceil(step) + 1;
-        let ny = (height.max(2) - 1).div_ceil(step) + 1;
+        // One node past the last cell, so every cell of `warp_template` has four.
+        let nx = width.max(1).div_ceil(step) + 1;
+        let ny = height.max(1).div_ceil(step) + 1;
         let plane = src.tangent_plane();
         let mut nodes = Vec::with_capacity(nx * ny);
         for j in 0..ny {
@@ -232,12 +233,57 @@ fn lanczos_table() -> Vec<[f32; 8]> {
 }
 
 #[inline(always)]
-fn dot8(a: &[f32], w: &[f32; 8]) -> f32 {
+fn dot8(a: &[f32; 8], w: &[f32; 8]) -> f32 {
     let mut s = [0f32; 8];
     for k in 0..8 {
         s[k] = a[k] * w[k];
     }
     (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]))
+}
+
+/// Lanczos-3 sample of a tile at (sx, sy) (inside): value × area, variance, mask.
+#[inline(always)]
+fn sample(
+    st: &TileState<'_>,
+    table: &[[f32; 8]],
+    sw2: &[f32],
+    sx: f64,
+    sy: f64,
+    area: f32,
+) -> (f32, f32, u32) {
+    // sx, sy ≥ 2 (inside): truncation is floor, without a libm call.
+    let (ix, iy) = (sx as usize, sy as usize);
+    let px = ((sx - ix as f64) * PHASES as f64 + 0.5) as usize;
+    let py = ((sy - iy as f64) * PHASES as f64 + 0.5) as usize;
+    let (wx, wy) = (&table[px], &table[py]);
+    let img = st.tile.image.data();
+    let base = (iy - 2) * st.w + ix - 2;
+    let rows = &img[base..base + 5 * st.w + 8];
+    // Vertical pass first (8-wide column sums vectorise), then one dot with wx.
+    let mut col = [0f32; 8];
+    for (r, &wyr) in wy.iter().take(6).enumerate() {
+        let o = r * st.w;
+        let a: &[f32; 8] = rows[o..o + 8].try_into().expect("8 taps");
+        for k in 0..8 {
+            col[k] += wyr * a[k];
+        }
+    }
+    let acc = dot8(&col, wx);
+    let near = (iy + usize::from(py > PHASES / 2)) * st.w + ix + usize::from(px > PHASES / 2);
+    let nvar = st.tile.variance.data()[near];
+    let mut m = 0u32;
+    if st.has_mask {
+        let md = st.tile.mask.data();
+        for (r, &wyr) in wy.iter().take(6).enumerate() {
+            let o = base + r * st.w;
+            for (c, &wxc) in wx.iter().take(6).enumerate() {
+                if wxc != 0.0 && wyr != 0.0 {
+                    m |= md[o + c];
+                }
+            }
+        }
+    }
+    (acc * area, nvar * sw2[px] * sw2[py] * area * area, m)
 }
 
 /// Per-tile data for the warp.
@@ -261,6 +307,9 @@ impl TileState<'_> {
         (sx - self.centre.0).abs().max((sy - self.centre.1).abs())
     }
 }
+
+/// A tile usable in a mapping cell: (tile, bilinear coefficients, |det J|).
+type Candidate = (usize, [(f64, f64); 4], f32);
 
 /// Warps `tiles` onto the `width` × `height` science grid of `science_wcs`.
 pub fn warp_template(
@@ -292,82 +341,111 @@ pub fn warp_template(
         })
         .collect();
     let table = lanczos_table();
+    let sw2: Vec<f32> = table
+        .iter()
+        .map(|w| w.iter().map(|v| v * v).sum())
+        .collect();
     let mut out = MaskedImage::new(width, height);
     out.mask.data_mut().fill(mask::NO_DATA);
     let mut covered = 0usize;
     let (ncx, ncy) = (width.div_ceil(step), height.div_ceil(step));
-    let mut cands: Vec<usize> = Vec::new();
+    let sf = step as f64;
+    // Per candidate tile of a cell: (tile, bilinear coefficients, |det J|).
+    let mut cands: Vec<Candidate> = Vec::new();
     for cj in 0..ncy {
         for ci in 0..ncx {
             let (x0, y0) = (ci * step, cj * step);
             let (x1, y1) = (((ci + 1) * step).min(width), ((cj + 1) * step).min(height));
-            // Candidate tiles: any corner of the cell inside (with a cell's margin).
             cands.clear();
+            let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)];
+            // Nearest-centre tile at each corner (with support), to detect uniform cells.
+            let mut corner_best = [usize::MAX; 4];
+            let mut corner_d = [f64::INFINITY; 4];
             for (k, st) in states.iter().enumerate() {
-                let m = 2.0 * step as f64;
-                let any = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)]
-                    .iter()
-                    .any(|&(x, y)| {
-                        let (sx, sy) = st.map.eval(x as f64, y as f64);
-                        sx > -m && sy > -m && sx < st.w as f64 + m && sy < st.h as f64 + m
-                    });
+                let m = 2.0 * sf;
+                let mut any = false;
+                for (q, &(x, y)) in corners.iter().enumerate() {
+                    let (sx, sy) = st.map.eval(x as f64, y as f64);
+                    any |= sx > -m && sy > -m && sx < st.w as f64 + m && sy < st.h as f64 + m;
+                    if st.inside(sx, sy) {
+                        let d = st.distance(sx, sy);
+                        if d < corner_d[q] {
+                            corner_d[q] = d;
+                            corner_best[q] = k;
+                        }
+                    }
+                }
                 if any {
-                    cands.push(k);
+                    let coef = st.map.cell(ci, cj);
+                    let jac = st
+                        .map
+                        .jacobian((x0 + x1) as f64 * 0.5, (y0 + y1) as f64 * 0.5);
+                    let area = (jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]).abs() as f32;
+                    cands.push((k, coef, area));
                 }
             }
             if cands.is_empty() {
                 continue;
             }
+            // One tile for the whole cell when all four corners choose it (tiles are
+            // used far inside their overlap borders, so no other tile wins inside).
+            let uniform =
+                corner_best[0] != usize::MAX && corner_best.iter().all(|&k| k == corner_best[0]);
+            if uniform {
+                cands.retain(|c| c.0 == corner_best[0]);
+            }
+            if uniform && cands.len() == 1 {
+                // Fast path: one tile, positions advance linearly along each row.
+                let (k, [a, b, cc, d], area) = cands[0];
+                let st = &states[k];
+                for y in y0..y1 {
+                    let v = y as f64 / sf - cj as f64;
+                    let u0 = x0 as f64 / sf - ci as f64;
+                    let (dxu, dyu) = ((b.0 + d.0 * v) / sf, (b.1 + d.1 * v) / sf);
+                    let sx0 = a.0 + cc.0 * v + (b.0 + d.0 * v) * u0;
+                    let sy0 = a.1 + cc.1 * v + (b.1 + d.1 * v) * u0;
+                    let row0 = y * width;
+                    for (i, x) in (x0..x1).enumerate() {
+                        let (sx, sy) = (sx0 + dxu * i as f64, sy0 + dyu * i as f64);
+                        if !st.inside(sx, sy) {
+                            continue;
+                        }
+                        let (val, var, m) = sample(st, &table, &sw2, sx, sy, area);
+                        let idx = row0 + x;
+                        out.image.data_mut()[idx] = val;
+                        out.variance.data_mut()[idx] = var;
+                        out.mask.data_mut()[idx] = m;
+                        covered += 1;
+                    }
+                }
+                continue;
+            }
             for y in y0..y1 {
+                let v = y as f64 / sf - cj as f64;
                 for x in x0..x1 {
+                    let u = x as f64 / sf - ci as f64;
                     // Choose the tile with the nearest centre among those with support.
                     let mut best: Option<(usize, f64, f64, f64)> = None;
-                    for &k in &cands {
+                    for (c, &(k, coef, _)) in cands.iter().enumerate() {
+                        let [a, b, cc, d] = coef;
+                        let sx = a.0 + b.0 * u + cc.0 * v + d.0 * u * v;
+                        let sy = a.1 + b.1 * u + cc.1 * v + d.1 * u * v;
                         let st = &states[k];
-                        let (sx, sy) = st.map.eval(x as f64, y as f64);
                         if st.inside(sx, sy) {
-                            let d = st.distance(sx, sy);
-                            if best.is_none_or(|b| d < b.3) {
-                                best = Some((k, sx, sy, d));
+                            let dist = st.distance(sx, sy);
+                            if best.is_none_or(|b| dist < b.3) {
+                                best = Some((c, sx, sy, dist));
                             }
                         }
                     }
-                    let Some((k, sx, sy, _)) = best else {
+                    let Some((c, sx, sy, _)) = best else {
                         continue;
                     };
-                    let st = &states[k];
-                    let jac = st.map.jacobian(x as f64, y as f64);
-                    let area = (jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]).abs() as f32;
-                    let (fx, fy) = (sx.floor(), sy.floor());
-                    let (ix, iy) = (fx as usize, fy as usize);
-                    let wx = &table[((sx - fx) * PHASES as f64).round() as usize];
-                    let wy = &table[((sy - fy) * PHASES as f64).round() as usize];
-                    let img = st.tile.image.data();
-                    let base = (iy - 2) * st.w + ix - 2;
-                    let mut acc = 0f32;
-                    for (r, &wyr) in wy.iter().take(6).enumerate() {
-                        let o = base + r * st.w;
-                        acc += wyr * dot8(&img[o..o + 8], wx);
-                    }
-                    let sw2x: f32 = wx.iter().map(|w| w * w).sum();
-                    let sw2y: f32 = wy.iter().map(|w| w * w).sum();
-                    let nvar =
-                        st.tile.variance.data()[(sy.round() as usize) * st.w + sx.round() as usize];
-                    let mut m = 0u32;
-                    if st.has_mask {
-                        let md = st.tile.mask.data();
-                        for r in 0..6 {
-                            let o = base + r * st.w;
-                            for c in 0..6 {
-                                if wx[c] != 0.0 && wy[r] != 0.0 {
-                                    m |= md[o + c];
-                                }
-                            }
-                        }
-                    }
+                    let (k, _, area) = cands[c];
+                    let (val, var, m) = sample(&states[k], &table, &sw2, sx, sy, area);
                     let idx = y * width + x;
-                    out.image.data_mut()[idx] = acc * area;
-                    out.variance.data_mut()[idx] = nvar * sw2x * sw2y * area * area;
+                    out.image.data_mut()[idx] = val;
+                    out.variance.data_mut()[idx] = var;
                     out.mask.data_mut()[idx] = m;
                     covered += 1;
                 }

@@ -365,3 +365,46 @@ fn simulator_template_has_star_peaks_at_refcat_positions() {
         offsets[n * 9 / 10]
     );
 }
+
+/// On-CPU time of this thread, seconds (Linux schedstat), so timings under a loaded
+/// machine are less noisy than wall time.
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns * 1e-9)
+}
+
+#[test]
+#[ignore]
+fn timing_warp_4096() {
+    let night = apflow_sim::Night::new(&apflow_sim::NightSpec {
+        visits: 1,
+        detectors: 1,
+        detector_size: 4096,
+        seed: 5,
+        ..apflow_sim::NightSpec::default()
+    })
+    .unwrap();
+    let band = night.visits()[0].band;
+    let sim_tiles = night.template_tiles(band);
+    let index: Vec<TemplateTileInfo> = sim_tiles.iter().map(common::tile_info).collect();
+    let wcs = night.true_wcs(0, DetectorId(0)).unwrap();
+    let selected = select_tiles(&index, band.as_str(), &wcs, 4096, 4096);
+    let tiles: Vec<TemplateTile> = sim_tiles
+        .iter()
+        .filter(|t| selected.iter().any(|s| s.id == t.id))
+        .map(|t| common::tile_from_sim(&night, t))
+        .collect();
+    for _ in 0..3 {
+        let (t, c) = (std::time::Instant::now(), cpu_s());
+        let out = warp_template(&tiles, &wcs, 4096, 4096, &WarpConfig::default()).unwrap();
+        eprintln!(
+            "warp 4096² from {} tiles: wall {:?}, cpu {:.3} s, coverage {}",
+            tiles.len(),
+            t.elapsed(),
+            cpu_s() - c,
+            out.coverage
+        );
+    }
+}
