@@ -41,10 +41,10 @@ pub struct BackgroundConfig {
 impl Default for BackgroundConfig {
     fn default() -> Self {
         Self {
-            cell_size: 128,
-            sample_stride: 2,
+            cell_size: 256,
+            sample_stride: 4,
             clip_sigma: 3.0,
-            clip_iterations: 3,
+            clip_iterations: 2,
             min_good_fraction: 0.25,
             ignore_planes: mask::UNUSABLE | mask::DETECTED | mask::STREAK,
             median_filter: true,
@@ -74,8 +74,33 @@ pub struct Background {
     cy: Vec<f64>,
 }
 
+/// Median and IQR σ of finite `values` (reordered): one selection for the median,
+/// then one in each half for the quartiles.
+fn median_iqr(values: &mut [f32]) -> Option<(f32, f32)> {
+    let n = values.len();
+    if n < 3 {
+        return None;
+    }
+    let k = n / 2;
+    let (lo, med, hi) = values.select_nth_unstable_by(k, f32::total_cmp);
+    let med = *med;
+    let q1k = (n - 1) / 4;
+    let q1 = *lo
+        .select_nth_unstable_by(q1k.min(lo.len() - 1), f32::total_cmp)
+        .1;
+    let q3k = (3 * (n - 1) / 4).saturating_sub(k + 1);
+    let q3 = if hi.is_empty() {
+        med
+    } else {
+        *hi.select_nth_unstable_by(q3k.min(hi.len() - 1), f32::total_cmp)
+            .1
+    };
+    Some((med, (q3 - q1) / 1.349))
+}
+
 fn clipped_stats(values: &mut Vec<f32>, k: f32, iters: usize) -> Option<(f32, f32)> {
-    let (mut med, mut sig) = crate::image::median_and_iqr_sigma(values)?;
+    values.retain(|v| v.is_finite());
+    let (mut med, mut sig) = median_iqr(values)?;
     for _ in 0..iters {
         let (lo, hi) = (med - k * sig, med + k * sig);
         let before = values.len();
@@ -83,7 +108,7 @@ fn clipped_stats(values: &mut Vec<f32>, k: f32, iters: usize) -> Option<(f32, f3
         if values.len() < 3 {
             break;
         }
-        let (m, s) = crate::image::median_and_iqr_sigma(values)?;
+        let (m, s) = median_iqr(values)?;
         med = m;
         sig = s;
         if values.len() == before {
@@ -157,8 +182,7 @@ pub fn estimate(img: &MaskedImage, cfg: &BackgroundConfig) -> Result<Background,
             if (values.len() as f64) < cfg.min_good_fraction * total as f64 || values.len() < 5 {
                 continue;
             }
-            if let Some((m, s)) = clipped_stats(&mut values, cfg.clip_sigma, cfg.clip_iterations)
-            {
+            if let Some((m, s)) = clipped_stats(&mut values, cfg.clip_sigma, cfg.clip_iterations) {
                 mesh[j * nx + i] = m;
                 sigma[j * nx + i] = s;
                 valid[j * nx + i] = true;
