@@ -3,13 +3,15 @@
 //! Algorithm (after SExtractor, Bertin & Arnouts 1996, and the LSST `SubtractBackground`
 //! task): the image is cut into `cell_size`² cells; in each cell the unmasked pixels
 //! (every `sample_stride`-th pixel in x and y, for speed) are iteratively σ-clipped
-//! about their median (σ from the interquartile range) and the clipped median is the
-//! cell's sky level, the clipped IQR σ its noise. Cells with too few usable pixels are
-//! filled from the mean of their valid neighbours (repeatedly, outwards). The mesh is
-//! then smoothed with a 3 × 3 median filter (which removes cells spoiled by a bright
-//! star or a large galaxy) and interpolated **bilinearly** between cell centres, with
-//! linear extrapolation beyond the outermost centres so that a gradient is followed to
-//! the image edge.
+//! about their median (σ from the interquartile range). The cell's sky level is
+//! SExtractor's mode estimate `2.5 median − 1.5 mean` of the clipped pixels (it
+//! corrects the upward bias faint sources give the median), or the median when the
+//! clipped distribution is too skewed; the clipped IQR σ is its noise. Cells with too
+//! few usable pixels are filled from the mean of their valid neighbours (repeatedly,
+//! outwards). The mesh is then smoothed with a 3 × 3 median filter (which removes cells
+//! spoiled by a bright star or a large galaxy) and interpolated **bilinearly** between
+//! cell centres, with linear extrapolation beyond the outermost centres so that a
+//! gradient is followed to the image edge.
 //!
 //! Units: those of the image (electrons after ISR).
 
@@ -114,6 +116,13 @@ fn clipped_stats(values: &mut Vec<f32>, k: f32, iters: usize) -> Option<(f32, f3
         if values.len() == before {
             break;
         }
+    }
+    // SExtractor's mode estimate corrects the upward skew faint sources give the
+    // median; it is used unless the distribution is too skewed for it to be reliable.
+    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len().max(1) as f64;
+    let mean = mean as f32;
+    if (mean - med).abs() < 0.3 * sig {
+        med = 2.5 * med - 1.5 * mean;
     }
     Some((med, sig))
 }
