@@ -451,6 +451,7 @@ mod tests {
             }
         }
         let rms = (s2 / cnt as f64).sqrt();
+        eprintln!("background rms error {rms:.3} (σ {sigma}), worst {worst:.3}");
         assert!(rms < 0.05 * sigma as f64, "rms {rms}");
         assert!(worst < 0.25 * sigma as f64, "worst {worst}");
         assert!((bg.median_sigma() - sigma).abs() < 0.05 * sigma);

@@ -1,10 +1,14 @@
 //! Prompt processing stages of apflow: each stage is a function over images and
-//! catalogues (no I/O), composed per detector by the pipeline.
+//! catalogues (no I/O except [`calibrate::read_refcat_csv`]), composed per detector by
+//! the pipeline.
 //!
 //! Shared types: [`image`] (images, mask planes, masked images), [`psf`] (the PSF
-//! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
-//! DiaObjects and predicted solar-system positions, DiaObject summary statistics, and
-//! the choice of forced-photometry targets.
+//! interface), [`error`] (typed failures). Stages: image characterisation —
+//! [`background`] (sky mesh), [`stars`] (bright-source detection and measurement),
+//! [`psf_model`] (spatially varying pixel PSF, PSF photometry) — and [`calibrate`]
+//! (reference catalogue, astrometric and photometric calibration); [`association`] of
+//! DiaSources with DiaObjects and predicted solar-system positions, DiaObject summary
+//! statistics, and the choice of forced-photometry targets.
 
 pub mod association;
 pub mod background;
