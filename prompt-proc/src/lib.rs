@@ -1,5 +1,6 @@
 //! Prompt processing stages of apflow: each stage is a function over images and
-//! catalogues (no I/O), composed per detector by the pipeline.
+//! catalogues (no I/O except [`calibrate::read_refcat_csv`]), composed per detector by
+//! the pipeline.
 //!
 //! Shared types: [`image`] (images, mask planes, masked images), [`psf`] (the PSF
 //! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
@@ -7,6 +8,12 @@
 //! the choice of forced-photometry targets; [`detect`]ion, [`measure`]ment,
 //! [`reliability`] scoring and [`cutout`]s on the difference image; [`synth`]etic
 //! scenes for tests and benchmarks.
+//! interface), [`error`] (typed failures). Stages: image characterisation —
+//! [`background`] (sky mesh), [`stars`] (bright-source detection and measurement),
+//! [`psf_model`] (spatially varying pixel PSF, PSF photometry) — and [`calibrate`]
+//! (reference catalogue, astrometric and photometric calibration); [`association`] of
+//! DiaSources with DiaObjects and predicted solar-system positions, DiaObject summary
+//! statistics, and the choice of forced-photometry targets.
 
 pub mod association;
 pub mod background;
@@ -21,8 +28,8 @@ pub mod image;
 pub mod io;
 pub mod isr;
 pub mod measure;
-pub mod psf;
 pub mod pipeline;
+pub mod psf;
 pub mod psf_model;
 pub mod reliability;
 pub mod stars;

@@ -181,7 +181,7 @@ pub fn fwhm_of_image(img: &Image<f32>) -> f64 {
     let n = img.width();
     let src: Vec<f64> = img.data().iter().map(|&v| f64::from(v)).collect();
     let peak = src.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if !(peak > 0.0) {
+    if peak.is_nan() || peak <= 0.0 {
         return f64::NAN;
     }
     let half = 0.5 * peak;
@@ -357,7 +357,7 @@ fn extract(img: &MaskedImage, s: &Star, n: usize) -> Option<Stamp> {
     let f = s.flux;
     let mut vs: Vec<f32> = var.iter().map(|&v| v as f32).collect();
     let sky_var = crate::image::median_and_iqr_sigma(&mut vs).map_or(1.0, |v| f64::from(v.0));
-    if !(sky_var > 0.0) || !(f > 0.0) {
+    if sky_var.is_nan() || sky_var <= 0.0 || f.is_nan() || f <= 0.0 {
         return None;
     }
     let mut out = Stamp {
@@ -395,6 +395,7 @@ fn extract(img: &MaskedImage, s: &Star, n: usize) -> Option<Stamp> {
 ///
 /// Errors: [`ScienceError::TooFewPsfStars`] when fewer than `cfg.min_stars` stars pass
 /// the selection or survive rejection; [`ScienceError::Numerical`] if the fit fails.
+#[allow(clippy::needless_range_loop)] // index loops over small dense matrices and stamps
 pub fn fit_psf(img: &MaskedImage, stars: &[Star], cfg: &PsfConfig) -> Result<PsfFit, ScienceError> {
     let mut sel = select_psf_stars(stars, cfg);
     if sel.len() < cfg.min_stars.max(1) {
@@ -541,6 +542,7 @@ pub fn fit_psf(img: &MaskedImage, stars: &[Star], cfg: &PsfConfig) -> Result<Psf
 }
 
 /// Gaussian elimination with partial pivoting on the leading `n × n` block.
+#[allow(clippy::needless_range_loop)] // index loops over small dense matrices and stamps
 fn solve(a: &mut [[f64; 6]; 6], b: &mut [f64; 6], n: usize) -> Option<[f64; 6]> {
     for c in 0..n {
         let p = (c..n).max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))?;
@@ -576,6 +578,7 @@ pub fn measure_psf_flux(img: &MaskedImage, model: &PsfModel, stars: &mut [Star])
 }
 
 /// As [`measure_psf_flux`] with any [`Psf`] and a `size` × `size` stamp (odd).
+#[allow(clippy::needless_range_loop)] // index loops over small dense matrices and stamps
 pub fn measure_psf_flux_with(img: &MaskedImage, model: &dyn Psf, stars: &mut [Star], size: usize) {
     let (w, h) = img.dims();
     let half = (size / 2) as isize;
@@ -601,7 +604,10 @@ pub fn measure_psf_flux_with(img: &MaskedImage, model: &dyn Psf, stars: &mut [St
                 }
                 let xu = x as usize;
                 let (v, var) = (f64::from(row[xu]), f64::from(vrow[xu]));
-                if mrow[xu] & (mask::UNUSABLE & !mask::EDGE) != 0 || !v.is_finite() || !(var > 0.0)
+                if mrow[xu] & (mask::UNUSABLE & !mask::EDGE) != 0
+                    || !v.is_finite()
+                    || var.is_nan()
+                    || var <= 0.0
                 {
                     continue;
                 }
@@ -633,7 +639,7 @@ pub fn measure_aperture_correction(
         .iter()
         .filter_map(|&i| {
             let s = &stars[i];
-            if !(s.psf_flux > 0.0) {
+            if s.psf_flux.is_nan() || s.psf_flux <= 0.0 {
                 return None;
             }
             let (f, _, _, fl) = crate::stars::aperture(img, s.x, s.y, radius);
@@ -653,8 +659,15 @@ mod tests {
         for &t in &[0.0, 0.13, 0.5, 0.77, 0.999] {
             let w = shift_weights(t);
             let s: f64 = w.iter().sum();
-            let m: f64 = w.iter().enumerate().map(|(i, w)| w * (i as f64 - 2.0)).sum();
-            assert!((s - 1.0).abs() < 1e-12 && (m - t).abs() < 1e-12, "{t}: {s} {m}");
+            let m: f64 = w
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w * (i as f64 - 2.0))
+                .sum();
+            assert!(
+                (s - 1.0).abs() < 1e-12 && (m - t).abs() < 1e-12,
+                "{t}: {s} {m}"
+            );
         }
         let w = shift_weights(0.0);
         assert!((w[2] - 1.0).abs() < 1e-12 && w[3].abs() < 1e-12);

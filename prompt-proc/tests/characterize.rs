@@ -99,7 +99,10 @@ fn background_and_stars_on_a_simulated_detector() {
     // The detected stars are real: most clean detections have a true star within 1 px
     // (the rest are galaxies), and the bright true stars are found.
     let clean: Vec<&Star> = c.stars.iter().filter(|s| s.is_clean()).collect();
-    let matched = clean.iter().filter(|s| truth_of(&c.sd, s, 1.0).is_some()).count();
+    let matched = clean
+        .iter()
+        .filter(|s| truth_of(&c.sd, s, 1.0).is_some())
+        .count();
     eprintln!(
         "detections {} clean {} matched to true stars {}",
         c.stars.len(),
@@ -137,7 +140,9 @@ fn background_and_stars_on_a_simulated_detector() {
         for &(x, y) in &[(100.0, 100.0), (1024.0, 1024.0), (1900.0, 1500.0)] {
             let (fx, fy) = det.focal_plane(x, y);
             let t = v.snaps[0].exptime_s;
-            let sky = v.sky_e_per_s * t * (1.0 + v.sky_gradient[0] * fx / 1e4 + v.sky_gradient[1] * fy / 1e4);
+            let sky = v.sky_e_per_s
+                * t
+                * (1.0 + v.sky_gradient[0] * fx / 1e4 + v.sky_gradient[1] * fy / 1e4);
             eprintln!("bg at {x},{y}: fitted {} true {sky}", bg.value_at(x, y));
         }
     }
@@ -229,8 +234,7 @@ fn psf_fluxes_of_isolated_bright_stars() {
     let c = characterised();
     let fwhm = c.psf.model.fwhm_at(1024.0, 1024.0);
     let apcorr =
-        psf_model::measure_aperture_correction(&c.img, &c.stars, &c.psf.used, 6.0 * fwhm)
-            .unwrap();
+        psf_model::measure_aperture_correction(&c.img, &c.stars, &c.psf.used, 6.0 * fwhm).unwrap();
     let (mut ratio, mut pull) = (Vec::new(), Vec::new());
     for s in c.stars.iter().filter(|s| s.is_clean() && s.snr() > 50.0) {
         if let Some(t) = truth_of(&c.sd, s, 1.0) {
@@ -298,7 +302,10 @@ fn astrometry_finds_a_large_header_error() {
     let (r1, d1) = a.wcs.pixel_to_sky(x, y);
     let (r2, d2) = c.sd.true_wcs.pixel_to_sky(x, y);
     let sep = apflow_core::geom::separation_deg(r1, d1, r2, d2).to_degrees() * 3600.0;
-    eprintln!("large offset: vote {:?} px, fit vs truth {sep:.4}\"", a.offset_px);
+    eprintln!(
+        "large offset: vote {:?} px, fit vs truth {sep:.4}\"",
+        a.offset_px
+    );
     assert!(a.offset_px[0].hypot(a.offset_px[1]) > 30.0);
     assert!(sep < 0.02, "{sep}");
 }
@@ -389,3 +396,50 @@ fn failure_paths_are_typed() {
     ));
 }
 
+/// Per-stage wall times on a 4096² detector (release; `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn timing_4096() {
+    use std::time::Instant;
+    let sd = sim_image::simulate(&sim_image::spec(4096, 42), 0);
+    for _ in 0..3 {
+        let mut img = sd.image.clone();
+        let t0 = Instant::now();
+        let s: f64 = img.image.data().iter().map(|&v| f64::from(v)).sum();
+        let t1 = Instant::now();
+        let bg = background::estimate(&img, &BackgroundConfig::default()).unwrap();
+        let t2 = Instant::now();
+        bg.subtract_from(&mut img);
+        let t3 = Instant::now();
+        let mut st = stars::detect_stars(&img, &StarConfig::default());
+        let t4 = Instant::now();
+        let fit = psf_model::fit_psf(&img, &st, &PsfConfig::default()).unwrap();
+        let t5 = Instant::now();
+        psf_model::measure_psf_flux(&img, &fit.model, &mut st);
+        let t6 = Instant::now();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        let t7 = Instant::now();
+        let none = stars::detect_stars(
+            &img,
+            &StarConfig {
+                threshold_sigma: 1e9,
+                ..StarConfig::default()
+            },
+        );
+        eprintln!(
+            "candidate scan only {:.1} ms ({})",
+            ms(t7, Instant::now()),
+            none.len()
+        );
+        eprintln!(
+            "sum pass {:.1} ms ({s:.0}); bg estimate {:.1}, subtract {:.1}, stars {:.1} ({}), psf fit {:.1}, psf flux {:.1}",
+            ms(t0, t1),
+            ms(t1, t2),
+            ms(t2, t3),
+            ms(t3, t4),
+            st.len(),
+            ms(t4, t5),
+            ms(t5, t6)
+        );
+    }
+}

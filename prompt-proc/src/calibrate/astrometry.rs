@@ -244,7 +244,10 @@ pub fn fit_astrometry(
         let mut pairs: Vec<Pair> = Vec::new();
         for (_, i, k) in cand {
             if used_ref.insert(k) {
-                pairs.push(Pair { star: i, refstar: k });
+                pairs.push(Pair {
+                    star: i,
+                    refstar: k,
+                });
             }
         }
         // Fit, then clip and refit once within this iteration.
@@ -288,7 +291,7 @@ pub fn fit_astrometry(
     let all: Vec<f64> = res.iter().map(|r| r.0 * r.0 + r.1 * r.1).collect();
     let use_ = if bright.len() >= 3 { &bright } else { &all };
     let rms = (use_.iter().sum::<f64>() / use_.len() as f64).sqrt();
-    if !(rms <= cfg.max_rms_arcsec) {
+    if rms.is_nan() || rms > cfg.max_rms_arcsec {
         return Err(ScienceError::WcsFit(format!(
             "astrometric rms {rms:.3}\" above {:.3}\"",
             cfg.max_rms_arcsec

@@ -95,10 +95,7 @@ pub fn fit_photometry(
         })
         .collect();
     let too_few = |n: usize| {
-        ScienceError::PhotoCalib(format!(
-            "{n} calibration stars, {} needed",
-            cfg.min_stars
-        ))
+        ScienceError::PhotoCalib(format!("{n} calibration stars, {} needed", cfg.min_stars))
     };
     if obs.len() < cfg.min_stars.max(1) {
         return Err(too_few(obs.len()));
@@ -121,9 +118,8 @@ pub fn fit_photometry(
     }
     let sw: f64 = obs.iter().map(|o| 1.0 / o.1).sum();
     let mean = obs.iter().map(|o| o.0 / o.1).sum::<f64>() / sw;
-    let scatter = (obs.iter().map(|o| (o.0 - mean).powi(2)).sum::<f64>()
-        / (n.max(2) - 1) as f64)
-        .sqrt();
+    let scatter =
+        (obs.iter().map(|o| (o.0 - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64).sqrt();
     let err_ln = (1.0 / sw).sqrt().max(scatter / (n as f64).sqrt());
     let k = mean.exp();
     Ok(PhotoCalib {

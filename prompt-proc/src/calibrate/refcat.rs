@@ -106,7 +106,9 @@ pub fn read_refcat_csv(path: &Path) -> Result<Vec<RefStar>, ScienceError> {
         let num = |c: usize| -> Result<f64, ScienceError> {
             f.get(c)
                 .and_then(|s| s.trim().parse::<f64>().ok())
-                .ok_or_else(|| ScienceError::BadInput(format!("refcat line {}: column {c}", ln + 2)))
+                .ok_or_else(|| {
+                    ScienceError::BadInput(format!("refcat line {}: column {c}", ln + 2))
+                })
         };
         let id = f
             .get(c_id)
