@@ -429,3 +429,37 @@ fn too_few_candidates_fail_typed() {
         "{r:?}"
     );
 }
+
+#[test]
+fn without_decorrelation_the_variance_plane_is_the_convolved_one() {
+    let sc = scene(31, (3.8, 4.2), (3.0, 3.0));
+    let cfg = SubtractConfig {
+        decorrelate: false,
+        ..SubtractConfig::default()
+    };
+    let sub = subtract(
+        &sc.science,
+        &sc.sci_psf,
+        &sc.template,
+        &sc.tmpl_psf,
+        &sc.candidates,
+        &cfg,
+    )
+    .unwrap();
+    assert!(!sub.decorrelated && sub.decorrelation_kernel.is_none());
+    let c = check(&sc, &sub);
+    eprintln!(
+        "no decorrelation: blank σ {:.3}, stars ok {:.3}, flux ratio {:.4}",
+        c.blank_sigma, c.star_ok_fraction, c.flux_ratio
+    );
+    // Per-pixel noise matches var_S + K² ⊗ var_T (correlated noise, so PSF-weighted
+    // pulls are not asserted here).
+    assert!((0.95..=1.10).contains(&c.blank_sigma), "{}", c.blank_sigma);
+    assert!((c.flux_ratio - 1.0).abs() < 0.02, "{}", c.flux_ratio);
+    // The variance is below the decorrelated σ_S² + s² σ_T² (template noise smoothed).
+    let v = sub.difference.variance.get(500, 500);
+    assert!(
+        v > VAR_SCI && v < VAR_SCI + (SCALE * SCALE) as f32 * VAR_TMPL,
+        "{v}"
+    );
+}
