@@ -29,7 +29,7 @@ pub fn next_fast_len(n: usize) -> usize {
     loop {
         let mut k = m;
         for p in [2, 3, 5, 7] {
-            while k % p == 0 {
+            while k.is_multiple_of(p) {
                 k /= p;
             }
         }
@@ -71,10 +71,7 @@ impl RealFft2d {
         let cfwd = cp.plan_fft_forward(ny);
         let cinv = cp.plan_fft_inverse(ny);
         let nxc = nx / 2 + 1;
-        let rs = r2c
-            .get_scratch_len()
-            .max(c2r.get_scratch_len())
-            .max(1);
+        let rs = r2c.get_scratch_len().max(c2r.get_scratch_len()).max(1);
         let cs = cfwd
             .get_inplace_scratch_len()
             .max(cinv.get_inplace_scratch_len())
@@ -136,7 +133,10 @@ impl RealFft2d {
         out: &mut [Complex32],
     ) {
         let (w, h) = img.dims();
-        assert!(w <= self.nx && h <= self.ny, "image larger than the FFT grid");
+        assert!(
+            w <= self.nx && h <= self.ny,
+            "image larger than the FFT grid"
+        );
         assert_eq!(out.len(), self.spectrum_len());
         let nxc = self.nxc;
         let ny = self.ny;
@@ -172,7 +172,10 @@ impl RealFft2d {
     pub fn forward_kernel(&mut self, kernel: &Image<f32>, out: &mut [Complex32]) {
         let (kw, kh) = kernel.dims();
         assert!(kw % 2 == 1 && kh % 2 == 1, "odd kernel");
-        assert!(kw <= self.nx && kh <= self.ny, "kernel larger than the grid");
+        assert!(
+            kw <= self.nx && kh <= self.ny,
+            "kernel larger than the grid"
+        );
         assert_eq!(out.len(), self.spectrum_len());
         out.fill(Complex32::default());
         let (hx, hy) = ((kw / 2) as isize, (kh / 2) as isize);

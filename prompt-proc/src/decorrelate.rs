@@ -33,7 +33,12 @@ pub fn phi_hat(kappa2: f32, var_b: f32, var_a: f32, ksum2: f32) -> f32 {
 /// centred), as a `(2 half + 1)²` image normalised to sum 1. Computed on a zero-padded
 /// grid of at least 64² with a complex FFT (a small computation, used for the PSF of the
 /// decorrelated difference).
-pub fn decorrelation_kernel(kernel: &Image<f32>, var_b: f64, var_a: f64, half: usize) -> Image<f32> {
+pub fn decorrelation_kernel(
+    kernel: &Image<f32>,
+    var_b: f64,
+    var_a: f64,
+    half: usize,
+) -> Image<f32> {
     let n = next_fast_len((4 * kernel.width()).max(4 * (2 * half + 1)).max(64));
     let hk = (kernel.width() / 2) as isize;
     let mut grid = vec![Complex64::default(); n * n];
@@ -114,7 +119,9 @@ mod tests {
         // A Gaussian matching kernel with sum 1.03; the decorrelation kernel is a
         // sharpening filter: positive centre, sum 1, and narrower than a delta's
         // neighbours' weight would suggest (negative second moment).
-        let k = GaussianPsf { sigma: 1.2 }.kernel(0.0, 0.0, 15).map(|v| v * 1.03);
+        let k = GaussianPsf { sigma: 1.2 }
+            .kernel(0.0, 0.0, 15)
+            .map(|v| v * 1.03);
         let phi = decorrelation_kernel(&k, 100.0, 33.0, 7);
         let sum: f64 = phi.data().iter().map(|&v| v as f64).sum();
         assert!((sum - 1.0).abs() < 1e-5);

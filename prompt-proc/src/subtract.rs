@@ -480,7 +480,11 @@ fn build_stamp(
             let (x, y) = (xc - hs + i, yc - hs + j);
             let v = b.image.get(x, y);
             let var = b.variance.get(x, y) as f64 + a.variance.get(x, y) as f64;
-            if !v.is_finite() || b.mask.get(x, y) & mask::UNUSABLE != 0 || !(var > 0.0) {
+            if !v.is_finite()
+                || b.mask.get(x, y) & mask::UNUSABLE != 0
+                || var.is_nan()
+                || var <= 0.0
+            {
                 return None;
             }
             bv[j * s + i] = v as f64;
@@ -584,7 +588,7 @@ fn cholesky_solve(m: &[f64], b: &[f64], ridge: f64) -> Option<Vec<f64>> {
                 s -= l[i * n + k] * l[j * n + k];
             }
             if i == j {
-                if !(s > 0.0) || !s.is_finite() {
+                if s.is_nan() || s <= 0.0 || !s.is_finite() {
                     return None;
                 }
                 l[i * n + i] = s.sqrt();
@@ -617,10 +621,11 @@ fn stamp_chi2(s: &Stamp, c: &[f64]) -> f64 {
     let n = c.len();
     let mut q = 0.0;
     for i in 0..n {
-        let mut r = 0.0;
-        for j in 0..n {
-            r += s.m[i * n + j] * c[j];
-        }
+        let r: f64 = s.m[i * n..(i + 1) * n]
+            .iter()
+            .zip(c)
+            .map(|(a, b)| a * b)
+            .sum();
         q += c[i] * (r - 2.0 * s.b[i]);
     }
     (s.bb + q).max(0.0)
@@ -780,9 +785,7 @@ pub fn subtract<'a>(
     let q_of = |x: f64, y: f64, t: &[(i32, i32)]| -> Vec<f64> {
         let xn = 2.0 * x / (w - 1) as f64 - 1.0;
         let yn = 2.0 * y / (h - 1) as f64 - 1.0;
-        t.iter()
-            .map(|&(p, q)| xn.powi(p) * yn.powi(q))
-            .collect()
+        t.iter().map(|&(p, q)| xn.powi(p) * yn.powi(q)).collect()
     };
     let mut solution;
     let mut iteration = 0;
@@ -871,8 +874,8 @@ pub fn subtract<'a>(
     let var_a = mean_variance(a);
     let var_b = mean_variance(b);
     let decorrelate = cfg.decorrelate && var_a > 0.0 && var_b > 0.0;
-    let phi = decorrelate
-        .then(|| decorrelation_kernel(&kernel.image_at(cx, cy), var_b, var_a, 3 * half));
+    let phi =
+        decorrelate.then(|| decorrelation_kernel(&kernel.image_at(cx, cy), var_b, var_a, 3 * half));
     let t1 = std::time::Instant::now();
     let mut difference = apply_kernel(a, b, &kernel, decorrelate, var_a, var_b);
     let t2 = std::time::Instant::now();
@@ -1026,20 +1029,41 @@ fn finish_planes(
     });
     // Masks: A's unusable planes dilated by the kernel; EDGE near the border and NO_DATA.
     let spread = mask::BAD | mask::SAT | mask::CR | mask::INTRP | mask::SUSPECT | mask::STREAK;
-    let dil_a = dilate_bits(&a.mask, spread, kernel.half);
-    let mut nodata = Image::<u32>::new(w, h);
-    for (i, o) in nodata.data_mut().iter_mut().enumerate() {
-        let (av, am) = (a.image.data()[i], a.mask.data()[i]);
-        let (bv, bm) = (b.image.data()[i], b.mask.data()[i]);
-        if !has_data(av, am) || !has_data(bv, bm) {
-            *o = mask::NO_DATA;
-        }
-    }
-    let near_nodata = dilate_bits(&nodata, mask::NO_DATA, edge);
+    let dil_a = a
+        .mask
+        .data()
+        .iter()
+        .any(|&m| m & spread != 0)
+        .then(|| dilate_bits(&a.mask, spread, kernel.half));
+    let is_nodata = |(((&av, &am), &bv), &bm): (((&f32, &u32), &f32), &u32)| {
+        !has_data(av, am) || !has_data(bv, bm)
+    };
+    let planes = || {
+        a.image
+            .data()
+            .iter()
+            .zip(a.mask.data())
+            .zip(b.image.data())
+            .zip(b.mask.data())
+    };
+    let nodata = planes().any(is_nodata).then(|| {
+        Image::from_vec(
+            w,
+            h,
+            planes()
+                .map(|p| if is_nodata(p) { mask::NO_DATA } else { 0 })
+                .collect(),
+        )
+    });
+    let near_nodata = nodata
+        .as_ref()
+        .map(|nd| dilate_bits(nd, mask::NO_DATA, edge));
     // Kernel sum and background per pixel: sums over monomials, tabulated per column
     // and per row.
     let nb = kernel.basis.len();
-    let xs: Vec<f64> = (0..w).map(|x| 2.0 * x as f64 / (w - 1) as f64 - 1.0).collect();
+    let xs: Vec<f64> = (0..w)
+        .map(|x| 2.0 * x as f64 / (w - 1) as f64 - 1.0)
+        .collect();
     let xpow: Vec<Vec<f32>> = (0..=2)
         .map(|p| xs.iter().map(|&x| x.powi(p) as f32).collect())
         .collect();
@@ -1088,23 +1112,32 @@ fn finish_planes(
         }
         let ymask = y < edge || y + edge >= h;
         let mrow = &mut dmask.data_mut()[r.clone()];
-        let (bm, da, nd, nnd) = (
-            &bmask[r.clone()],
-            &dil_a.data()[r.clone()],
-            &nodata.data()[r.clone()],
-            &near_nodata.data()[r.clone()],
-        );
-        for x in 0..w {
-            let mut m = bm[x] | da[x];
-            if ymask || x < edge || x + edge >= w || nnd[x] != 0 {
-                m |= mask::EDGE;
+        let bm = &bmask[r.clone()];
+        mrow.copy_from_slice(bm);
+        if let Some(da) = &dil_a {
+            for (o, &v) in mrow.iter_mut().zip(&da.data()[r.clone()]) {
+                *o |= v;
             }
-            if nd[x] != 0 {
-                m |= mask::NO_DATA;
-                img[x] = 0.0;
-                var[x] = f32::INFINITY;
+        }
+        if ymask {
+            mrow.iter_mut().for_each(|m| *m |= mask::EDGE);
+        } else {
+            let e = edge.min(w);
+            mrow[..e].iter_mut().for_each(|m| *m |= mask::EDGE);
+            mrow[w - e..].iter_mut().for_each(|m| *m |= mask::EDGE);
+        }
+        if let (Some(nd), Some(nnd)) = (&nodata, &near_nodata) {
+            let (nd, nnd) = (&nd.data()[r.clone()], &nnd.data()[r.clone()]);
+            for x in 0..w {
+                if nnd[x] != 0 {
+                    mrow[x] |= mask::EDGE;
+                }
+                if nd[x] != 0 {
+                    mrow[x] |= mask::NO_DATA;
+                    img[x] = 0.0;
+                    var[x] = f32::INFINITY;
+                }
             }
-            mrow[x] = m;
         }
     }
 }

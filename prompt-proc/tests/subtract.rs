@@ -1,12 +1,12 @@
 //! Alard–Lupton subtraction with decorrelation on synthetic star fields with known PSFs,
 //! flux scaling, background offset, noise and injected transients.
 
+use apflow_prompt_proc::ScienceError;
 use apflow_prompt_proc::convolve::{convolve_full, crop_centre};
 use apflow_prompt_proc::decorrelate::second_moment;
 use apflow_prompt_proc::image::{Image, MaskedImage, mask, median_and_iqr_sigma};
 use apflow_prompt_proc::psf::{FWHM_PER_SIGMA, GaussianPsf, Psf};
 use apflow_prompt_proc::subtract::{ConvolvedImage, SubtractConfig, Subtraction, subtract};
-use apflow_prompt_proc::ScienceError;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -115,8 +115,7 @@ fn scene(seed: u64, sci: (f64, f64), tmpl: (f64, f64)) -> Scene {
     let nt = Normal::new(0.0, VAR_TMPL.sqrt() as f64).unwrap();
     for y in 0..N {
         for x in 0..N {
-            *s.at_mut(x, y) +=
-                (background(x as f64, y as f64) + ns.sample(&mut rng)) as f32;
+            *s.at_mut(x, y) += (background(x as f64, y as f64) + ns.sample(&mut rng)) as f32;
             *t.at_mut(x, y) += nt.sample(&mut rng) as f32;
         }
     }
@@ -175,7 +174,7 @@ struct Checks {
     pull_sigma: f32,
 }
 
-fn check(sc: &Scene, sub: &Subtraction) -> Checks {
+fn check(sc: &Scene, sub: &Subtraction<'_>) -> Checks {
     let d = &sub.difference;
     // Blank pixels: far from every star and transient.
     let mut near = Image::<u8>::new(N, N);
@@ -256,7 +255,7 @@ fn check(sc: &Scene, sub: &Subtraction) -> Checks {
 /// the kernel sum, and the kernel's second moment against the analytic `σ_B² − σ_A²`
 /// (a Gaussian of that width, scaled by `s`, is the analytic matching kernel).
 fn kernel_match(
-    sub: &Subtraction,
+    sub: &Subtraction<'_>,
     psf_b: &dyn Psf,
     psf_a: &dyn Psf,
     scale: f64,
@@ -280,8 +279,13 @@ fn kernel_match(
     ((num / den).sqrt(), sum / scale, m2)
 }
 
-fn assert_kernel(sub: &Subtraction, psf_b: &dyn Psf, psf_a: &dyn Psf, scale: f64) {
-    for &(x, y) in &[(200.0, 200.0), (511.5, 511.5), (820.0, 300.0), (850.0, 850.0)] {
+fn assert_kernel(sub: &Subtraction<'_>, psf_b: &dyn Psf, psf_a: &dyn Psf, scale: f64) {
+    for &(x, y) in &[
+        (200.0, 200.0),
+        (511.5, 511.5),
+        (820.0, 300.0),
+        (850.0, 850.0),
+    ] {
         let (res, sum, m2) = kernel_match(sub, psf_b, psf_a, scale, x, y);
         eprintln!(
             "kernel at ({x}, {y}): matched-PSF residual {res:.4}, sum/truth {sum:.4}, \
@@ -400,12 +404,62 @@ fn too_few_candidates_fail_typed() {
         &cfg,
     );
     assert!(
-        matches!(r, Err(ScienceError::TooFewKernelStars { found: 5, needed: 15 })),
+        matches!(
+            r,
+            Err(ScienceError::TooFewKernelStars {
+                found: 5,
+                needed: 15
+            })
+        ),
         "{r:?}"
     );
     // A NaN-filled science image does not panic either.
     let mut bad = sc.science.clone();
     bad.image.data_mut().fill(f32::NAN);
-    let r = subtract(&bad, &sc.sci_psf, &sc.template, &sc.tmpl_psf, &sc.candidates, &cfg);
-    assert!(matches!(r, Err(ScienceError::TooFewKernelStars { found: 0, .. })), "{r:?}");
+    let r = subtract(
+        &bad,
+        &sc.sci_psf,
+        &sc.template,
+        &sc.tmpl_psf,
+        &sc.candidates,
+        &cfg,
+    );
+    assert!(
+        matches!(r, Err(ScienceError::TooFewKernelStars { found: 0, .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn without_decorrelation_the_variance_plane_is_the_convolved_one() {
+    let sc = scene(31, (3.8, 4.2), (3.0, 3.0));
+    let cfg = SubtractConfig {
+        decorrelate: false,
+        ..SubtractConfig::default()
+    };
+    let sub = subtract(
+        &sc.science,
+        &sc.sci_psf,
+        &sc.template,
+        &sc.tmpl_psf,
+        &sc.candidates,
+        &cfg,
+    )
+    .unwrap();
+    assert!(!sub.decorrelated && sub.decorrelation_kernel.is_none());
+    let c = check(&sc, &sub);
+    eprintln!(
+        "no decorrelation: blank σ {:.3}, stars ok {:.3}, flux ratio {:.4}",
+        c.blank_sigma, c.star_ok_fraction, c.flux_ratio
+    );
+    // Per-pixel noise matches var_S + K² ⊗ var_T (correlated noise, so PSF-weighted
+    // pulls are not asserted here).
+    assert!((0.95..=1.10).contains(&c.blank_sigma), "{}", c.blank_sigma);
+    assert!((c.flux_ratio - 1.0).abs() < 0.02, "{}", c.flux_ratio);
+    // The variance is below the decorrelated σ_S² + s² σ_T² (template noise smoothed).
+    let v = sub.difference.variance.get(500, 500);
+    assert!(
+        v > VAR_SCI && v < VAR_SCI + (SCALE * SCALE) as f32 * VAR_TMPL,
+        "{v}"
+    );
 }
