@@ -661,6 +661,9 @@ fn adaptive_moments(
     Some(([wxx, wyy, wxy], (xc, yc)))
 }
 
+/// An analytic Jacobian: one row of derivatives per observation.
+type Jacobian<'a, const N: usize> = dyn Fn(&[f64; N]) -> Vec<[f64; N]> + 'a;
+
 /// Levenberg–Marquardt on `N` parameters with numeric derivatives.
 fn levenberg_marquardt<const N: usize>(
     obs: &[(f64, f64)],
@@ -668,7 +671,7 @@ fn levenberg_marquardt<const N: usize>(
     steps: [f64; N],
     iters: usize,
     model: &dyn Fn(&[f64; N]) -> Option<Vec<f64>>,
-    jacobian: Option<&dyn Fn(&[f64; N]) -> Vec<[f64; N]>>,
+    jacobian: Option<&Jacobian<'_, N>>,
 ) -> Option<([f64; N], f64, [[f64; N]; N])> {
     let chi2_of = |m: &[f64]| -> f64 {
         obs.iter()
