@@ -229,8 +229,10 @@ pub struct Detections {
     pub filtered_sigma: f64,
     /// The threshold applied to the significance image, σ.
     pub threshold: f64,
-    /// σ (pixels) of the Gaussian matched filter.
+    /// σ (full-resolution pixels) of the PSF at the image centre, which set the filter.
     pub filter_sigma: f64,
+    /// Binning factor of the significance image (1 = full resolution).
+    pub bin: usize,
 }
 
 impl Detections {
@@ -756,6 +758,7 @@ pub fn detect(diff: &MaskedImage, psf: &dyn Psf, cfg: &DetectConfig) -> Detectio
         filtered_sigma: fs,
         threshold: thr,
         filter_sigma: sigma,
+        bin: 1,
     };
     if w == 0 || h == 0 {
         return empty(f64::NAN, cfg.threshold);
@@ -845,6 +848,7 @@ pub fn detect(diff: &MaskedImage, psf: &dyn Psf, cfg: &DetectConfig) -> Detectio
         filtered_sigma: fsig,
         threshold: thr,
         filter_sigma: sigma,
+        bin: b,
     }
 }
 

@@ -1732,6 +1732,7 @@ mod tests {
             filtered_sigma: 1.0,
             threshold: 5.0,
             filter_sigma: 1.7,
+            bin: 1,
         };
         assert!(
             measure(
@@ -1744,6 +1745,69 @@ mod tests {
                 &MeasureConfig::default()
             )
             .is_empty()
+        );
+    }
+
+    /// CPU time of this thread, seconds (from /proc, 10 ms ticks).
+    fn cpu_seconds() -> f64 {
+        let s = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        let f: Vec<&str> = s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    }
+
+    #[test]
+    #[ignore]
+    fn chain_cpu_time_4096() {
+        use crate::cutout::{CutoutConfig, cutout_size_for, extract};
+        use crate::reliability::{ReliabilityFeatures, score};
+        let s = crate::synth::demo_scene(4096);
+        let (dc, mc, cc) = (
+            DetectConfig::default(),
+            MeasureConfig::default(),
+            CutoutConfig::default(),
+        );
+        let reps = 10;
+        let (mut td, mut tm, mut tr) = (0.0, 0.0, 0.0);
+        let mut n = 0;
+        for _ in 0..reps {
+            let c0 = cpu_seconds();
+            let det = detect(&s.diff, &s.psf, &dc);
+            let c1 = cpu_seconds();
+            let ms = measure(&s.diff, &s.science, &s.template, &s.psf, &s.wcs, &det, &mc);
+            let c2 = cpu_seconds();
+            for m in &ms {
+                let _ = score(&ReliabilityFeatures::from_measurement(m, &s.diff));
+                let _ = extract(
+                    &s.diff,
+                    &s.science,
+                    &s.template,
+                    &s.wcs,
+                    &s.psf,
+                    &s.psf,
+                    &s.psf,
+                    m.x,
+                    m.y,
+                    cutout_size_for(m, &cc),
+                );
+            }
+            let c3 = cpu_seconds();
+            td += c1 - c0;
+            tm += c2 - c1;
+            tr += c3 - c2;
+            n = ms.len();
+        }
+        let k = 1000.0 / reps as f64;
+        eprintln!(
+            "4096², {n} sources, CPU ms per call: detect {:.1}, measure {:.1}, score+cutouts {:.1}",
+            td * k,
+            tm * k,
+            tr * k
         );
     }
 }
