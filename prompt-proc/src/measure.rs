@@ -661,6 +661,9 @@ fn adaptive_moments(
     Some(([wxx, wyy, wxy], (xc, yc)))
 }
 
+/// An analytic Jacobian: one row of derivatives per observation.
+type Jacobian<'a, const N: usize> = dyn Fn(&[f64; N]) -> Vec<[f64; N]> + 'a;
+
 /// Levenberg–Marquardt on `N` parameters with numeric derivatives.
 fn levenberg_marquardt<const N: usize>(
     obs: &[(f64, f64)],
@@ -668,6 +671,7 @@ fn levenberg_marquardt<const N: usize>(
     steps: [f64; N],
     iters: usize,
     model: &dyn Fn(&[f64; N]) -> Option<Vec<f64>>,
+    jacobian: Option<&Jacobian<'_, N>>,
 ) -> Option<([f64; N], f64, [[f64; N]; N])> {
     let chi2_of = |m: &[f64]| -> f64 {
         obs.iter()
@@ -681,17 +685,23 @@ fn levenberg_marquardt<const N: usize>(
     let mut lambda = 1e-3;
     let mut a = [[0.0; N]; N];
     for _ in 0..iters {
-        // Jacobian by central differences.
-        let mut jac: Vec<[f64; N]> = vec![[0.0; N]; obs.len()];
-        for k in 0..N {
-            let (mut pp, mut pm) = (p, p);
-            pp[k] += steps[k];
-            pm[k] -= steps[k];
-            let (mp, mm) = (model(&pp)?, model(&pm)?);
-            for (i, row) in jac.iter_mut().enumerate() {
-                row[k] = (mp[i] - mm[i]) / (2.0 * steps[k]);
+        // Analytic Jacobian when given, else central differences.
+        let jac: Vec<[f64; N]> = match jacobian {
+            Some(j) => j(&p),
+            None => {
+                let mut jac = vec![[0.0; N]; obs.len()];
+                for k in 0..N {
+                    let (mut pp, mut pm) = (p, p);
+                    pp[k] += steps[k];
+                    pm[k] -= steps[k];
+                    let (mp, mm) = (model(&pp)?, model(&pm)?);
+                    for (i, row) in jac.iter_mut().enumerate() {
+                        row[k] = (mp[i] - mm[i]) / (2.0 * steps[k]);
+                    }
+                }
+                jac
             }
-        }
+        };
         a = [[0.0; N]; N];
         let mut b = [0.0; N];
         for (i, &(d, w)) in obs.iter().enumerate() {
@@ -1099,6 +1109,39 @@ fn trail_model(pix: &[(i32, i32, f64, f64)], p: &[f64; 5], sigma: f64) -> Vec<f6
         .collect()
 }
 
+/// Analytic derivatives of [`trail_model`] with respect to `(x_c, y_c, F, L, θ)`.
+fn trail_jacobian(pix: &[(i32, i32, f64, f64)], p: &[f64; 5], sigma: f64) -> Vec<[f64; 5]> {
+    let [xc, yc, f, l, th] = *p;
+    let l = l.abs().max(1e-3);
+    let (s, c) = th.sin_cos();
+    let k = std::f64::consts::FRAC_1_SQRT_2 / sigma;
+    let n0 = 1.0 / (2.0 * l) / (sigma * (2.0 * std::f64::consts::PI).sqrt());
+    let dk = 2.0 / std::f64::consts::PI.sqrt() * k;
+    pix.iter()
+        .map(|&(x, y, _, _)| {
+            let (dx, dy) = (x as f64 - xc, y as f64 - yc);
+            let u = dx * c + dy * s;
+            let v = -dx * s + dy * c;
+            let (a, b) = ((u + 0.5 * l) * k, (u - 0.5 * l) * k);
+            let along = crate::psf::erf(a) - crate::psf::erf(b);
+            let (ea, eb) = ((-a * a).exp(), (-b * b).exp());
+            let g = (-0.5 * v * v / (sigma * sigma)).exp();
+            let da_du = dk * (ea - eb);
+            let da_dl = dk * 0.5 * (ea + eb);
+            let dg_dv = -v / (sigma * sigma) * g;
+            let nf = n0 * f;
+            let m = nf * along * g;
+            [
+                nf * (-c * da_du * g + s * along * dg_dv),
+                nf * (-s * da_du * g - c * along * dg_dv),
+                n0 * along * g,
+                nf * g * da_dl - m / l,
+                nf * (v * da_du * g - u * along * dg_dv),
+            ]
+        })
+        .collect()
+}
+
 fn fit_trail(
     ctx: &Ctx<'_>,
     m: &mut DiaSourceMeasurement,
@@ -1139,7 +1182,10 @@ fn fit_trail(
     let steps = [0.02, 0.02, f0.abs().max(1e-6) * 1e-3, 0.02, 0.002];
     let model = |p: &[f64; 5]| Some(trail_model(&pix.px, p, sigma));
     let obs: Vec<(f64, f64)> = pix.px.iter().map(|&(_, _, d, w)| (d, w)).collect();
-    let Some((p, chi2, a)) = levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &model) else {
+    let jac = |p: &[f64; 5]| trail_jacobian(&pix.px, p, sigma);
+    let Some((p, chi2, a)) =
+        levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &model, Some(&jac))
+    else {
         return;
     };
     let [xc, yc, f, l, th] = p;
@@ -1259,7 +1305,7 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     let npix = obs.len();
     let free = |p: &[f64; 6]| Some(model(p, false));
     let mut fit = if npix >= 8 {
-        levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &free)
+        levenberg_marquardt(&obs, p0, steps, cfg.lm_iterations, &free, None)
     } else {
         None
     };
@@ -1276,7 +1322,7 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
             obs.push((s, 1.0 / (se * se + (rel * s).powi(2))));
             obs.push((t, 1.0 / (te * te + (rel * t).powi(2))));
             let with = |p: &[f64; 6]| Some(model(p, true));
-            if let Some(r) = levenberg_marquardt(&obs, p, steps, cfg.lm_iterations, &with) {
+            if let Some(r) = levenberg_marquardt(&obs, p, steps, cfg.lm_iterations, &with, None) {
                 // χ² of the pixels only.
                 let mv = model(&r.0, false);
                 let chi2: f64 = obs[..npix]
@@ -1686,6 +1732,7 @@ mod tests {
             filtered_sigma: 1.0,
             threshold: 5.0,
             filter_sigma: 1.7,
+            bin: 1,
         };
         assert!(
             measure(
@@ -1698,6 +1745,69 @@ mod tests {
                 &MeasureConfig::default()
             )
             .is_empty()
+        );
+    }
+
+    /// CPU time of this thread, seconds (from /proc, 10 ms ticks).
+    fn cpu_seconds() -> f64 {
+        let s = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        let f: Vec<&str> = s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    }
+
+    #[test]
+    #[ignore]
+    fn chain_cpu_time_4096() {
+        use crate::cutout::{CutoutConfig, cutout_size_for, extract};
+        use crate::reliability::{ReliabilityFeatures, score};
+        let s = crate::synth::demo_scene(4096);
+        let (dc, mc, cc) = (
+            DetectConfig::default(),
+            MeasureConfig::default(),
+            CutoutConfig::default(),
+        );
+        let reps = 10;
+        let (mut td, mut tm, mut tr) = (0.0, 0.0, 0.0);
+        let mut n = 0;
+        for _ in 0..reps {
+            let c0 = cpu_seconds();
+            let det = detect(&s.diff, &s.psf, &dc);
+            let c1 = cpu_seconds();
+            let ms = measure(&s.diff, &s.science, &s.template, &s.psf, &s.wcs, &det, &mc);
+            let c2 = cpu_seconds();
+            for m in &ms {
+                let _ = score(&ReliabilityFeatures::from_measurement(m, &s.diff));
+                let _ = extract(
+                    &s.diff,
+                    &s.science,
+                    &s.template,
+                    &s.wcs,
+                    &s.psf,
+                    &s.psf,
+                    &s.psf,
+                    m.x,
+                    m.y,
+                    cutout_size_for(m, &cc),
+                );
+            }
+            let c3 = cpu_seconds();
+            td += c1 - c0;
+            tm += c2 - c1;
+            tr += c3 - c2;
+            n = ms.len();
+        }
+        let k = 1000.0 / reps as f64;
+        eprintln!(
+            "4096², {n} sources, CPU ms per call: detect {:.1}, measure {:.1}, score+cutouts {:.1}",
+            td * k,
+            tm * k,
+            tr * k
         );
     }
 }
