@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("warp");
     g.sample_size(10);
     g.bench_function("template_4096", |b| {
-        b.iter(|| warp_template(&tiles, &wcs, 4096, 4096, &cfg).unwrap())
+        b.iter(|| warp_template(&tiles.iter().collect::<Vec<_>>(), &wcs, 4096, 4096, &cfg).unwrap())
     });
     g.finish();
 }

@@ -188,8 +188,8 @@ fn score(run: &Run, s: &mut Score) {
         if d.passes_reliability {
             s.spurious_after_cut += 1;
             eprintln!(
-                "spurious: x {:.1} y {:.1} flux {:.0} snr {:.1} neg {} dipole {} rel {:.2} centre {:?}",
-                m.x, m.y, m.psf_flux, m.snr, m.is_negative, m.is_dipole, d.reliability, m.centre_flags
+                "spurious: x {:.1} y {:.1} flux {:.0} snr {:.1} neg {} dipole {} rel {:.2} sci {:.0} tmpl {:.0}",
+                m.x, m.y, m.psf_flux, m.snr, m.is_negative, m.is_dipole, d.reliability, m.science_flux, m.template_flux
             );
         }
     }
@@ -210,9 +210,12 @@ fn std(v: &[f32]) -> f32 {
 fn simulated_detectors_meet_the_science_checks() {
     let night = Night::new(&spec()).unwrap();
     let refs = refcat(&night);
-    let cfg = PipelineConfig::default();
+    let mut cfg = PipelineConfig::default();
+    if std::env::var("APFLOW_CONVOLVE").as_deref() == Ok("template") {
+        cfg.subtract.convolve = apflow_prompt_proc::subtract::ConvolveChoice::Template;
+    }
     let mut s = Score::default();
-    for i in 0..night.visits().len() {
+    for i in 0..night.visits().len().min(std::env::var("APFLOW_VISITS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)) {
         let run = run_visit(&night, i, &refs, &cfg);
         let r = &run.result;
         eprintln!(

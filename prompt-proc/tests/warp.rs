@@ -148,7 +148,7 @@ fn analytic_stars_are_reproduced_on_the_science_grid() {
     let t2 = analytic_tile("b", RA0 + 0.02 / c, DEC0 + 0.004, 1000, &all);
     let sci = science_wcs(RA0, DEC0);
     let (w, h) = (600, 600);
-    let out = warp_template(&[t1, t2], &sci, w, h, &WarpConfig::default()).unwrap();
+    let out = warp_template(&[&t1, &t2], &sci, w, h, &WarpConfig::default()).unwrap();
     assert!(out.coverage > 0.999, "{}", out.coverage);
     let mut n = 0;
     let (mut worst_pos, mut worst_flux) = (0f64, 0f64);
@@ -216,7 +216,7 @@ fn coverage_no_data_edges_and_the_coverage_error() {
         min_coverage: 0.2,
         ..WarpConfig::default()
     };
-    let out = warp_template(std::slice::from_ref(&tile), &sci, 600, 600, &low).unwrap();
+    let out = warp_template(&[&tile], &sci, 600, 600, &low).unwrap();
     assert!(
         out.coverage > 0.25 && out.coverage < 0.6,
         "{}",
@@ -234,7 +234,7 @@ fn coverage_no_data_edges_and_the_coverage_error() {
     }
     assert!((ok as f64 / 360_000.0 - out.coverage).abs() < 1e-9 && nd > 0);
     let e = warp_template(
-        std::slice::from_ref(&tile),
+        &[&tile],
         &sci,
         600,
         600,
@@ -263,7 +263,7 @@ fn coverage_no_data_edges_and_the_coverage_error() {
         tile.wcs.clone(),
     )
     .unwrap();
-    let out = warp_template(&[bad], &sci, 600, 600, &low).unwrap();
+    let out = warp_template(&[&bad], &sci, 600, 600, &low).unwrap();
     let (sx, sy) = sci.sky_to_pixel(edge_ra - 0.005, DEC0).unwrap();
     assert!(
         out.masked
@@ -329,7 +329,7 @@ fn simulator_template_has_star_peaks_at_refcat_positions() {
         .filter(|t| selected.iter().any(|s| s.id == t.id))
         .map(|t| common::tile_from_sim(&night, t))
         .collect();
-    let out = warp_template(&tiles, &wcs, 2048, 2048, &WarpConfig::default()).unwrap();
+    let out = warp_template(&tiles.iter().collect::<Vec<_>>(), &wcs, 2048, 2048, &WarpConfig::default()).unwrap();
     assert!(out.coverage > 0.999);
     let t_mean = night.template_epochs().iter().sum::<f64>() / night.template_epochs().len() as f64;
     let mut offsets = Vec::new();
@@ -398,7 +398,7 @@ fn timing_warp_4096() {
         .collect();
     for _ in 0..3 {
         let (t, c) = (std::time::Instant::now(), cpu_s());
-        let out = warp_template(&tiles, &wcs, 4096, 4096, &WarpConfig::default()).unwrap();
+        let out = warp_template(&tiles.iter().collect::<Vec<_>>(), &wcs, 4096, 4096, &WarpConfig::default()).unwrap();
         eprintln!(
             "warp 4096² from {} tiles: wall {:?}, cpu {:.3} s, coverage {}",
             tiles.len(),
