@@ -24,6 +24,8 @@ pub struct AppConfig {
     pub run: crate::cmd::run::RunConfig,
     /// `[apdb]`.
     pub apdb: crate::cmd::apdb::ApdbSection,
+    /// `[science]`: every stage of the science core (ISR to cutouts).
+    pub science: apflow_prompt_proc::pipeline::PipelineConfig,
 }
 
 impl AppConfig {

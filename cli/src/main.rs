@@ -37,6 +37,10 @@ enum Command {
     /// Watch a landing directory and announce each complete raw image (RawImageReady),
     /// dead-lettering bad files with the reason.
     Ingest(cmd::ingest::IngestArgs),
+    /// Difference a calibrated science image against a template (steps 2–10 of the
+    /// science core): writes the difference image (FITS) and the DiaSource catalogue
+    /// (CSV).
+    Diffim(cmd::diffim::DiffimArgs),
     /// Create and inspect the Alert Production Database.
     #[command(subcommand)]
     Apdb(cmd::apdb::ApdbCommand),
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => runtime().and_then(|rt| rt.block_on(cmd::ingest::run(a, &config))),
         Command::Apdb(c) => runtime().and_then(|rt| rt.block_on(cmd::apdb::run(c, &config))),
         Command::Config(c) => cmd::config::run(c, &config),
+        Command::Diffim(a) => cmd::diffim::run(a, &config),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
     match result {

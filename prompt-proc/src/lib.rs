@@ -18,6 +18,7 @@
 pub mod association;
 pub mod background;
 pub mod calibrate;
+pub mod catalog;
 pub mod convolve;
 pub mod cutout;
 pub mod decorrelate;
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod psf;
 pub mod psf_model;
 pub mod reliability;
+pub mod service;
 pub mod stars;
 pub mod subtract;
 pub mod synth;

@@ -37,6 +37,23 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Run the science core (ISR → measured, scored DiaSources) on simulated detectors
+    /// of the typical profile and report per-stage times (median over repeats, one
+    /// thread) and the throughput with several detectors at once.
+    Detector {
+        /// Detector side, pixels (4096 for an LSST-like detector).
+        #[arg(long, default_value_t = 4096)]
+        size: u32,
+        /// Timed runs after one warm-up run.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Detectors processed at once for the throughput figure (0: number of CPUs).
+        #[arg(long, default_value_t = 0)]
+        parallel: usize,
+        /// Directory for the simulated inputs (a temporary one by default).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn bar(n: usize, what: &str) -> ProgressBar {
@@ -77,7 +94,152 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             println!("{}", apflow_apdb::bench::run_sqlite(&c, &dir).await?);
             Ok(())
         }
+        BenchCommand::Detector {
+            size,
+            repeats,
+            parallel,
+            dir,
+        } => {
+            let tmp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| tmp.path().to_owned());
+            let science = config.science.clone();
+            tokio::task::spawn_blocking(move || {
+                bench_detector(science, size, repeats.max(1), parallel, &dir)
+            })
+            .await?
+        }
     }
+}
+
+/// Simulates the inputs of `n` detectors of one visit into `dir`.
+fn prepare_detectors(
+    size: u32,
+    n: u16,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<Vec<std::path::PathBuf>>> {
+    use apflow_core::ids::DetectorId;
+    use apflow_sim::{Band, Night, NightSpec, Profile};
+    let spec = NightSpec {
+        visits: 1,
+        detectors: n,
+        detector_size: size,
+        seed: 1,
+        profile: Profile::Typical,
+        snaps: 2,
+        bands: vec![Band::R],
+        ..NightSpec::default()
+    };
+    spec.validate()?;
+    let night = Night::new(&spec)?;
+    let pb = ProgressBar::new_spinner();
+    pb.set_message("simulating calibrations, templates, reference catalogue and raw snaps");
+    pb.enable_steady_tick(Duration::from_millis(200));
+    std::fs::create_dir_all(dir)?;
+    night.write_calibrations(&dir.join("calib"))?;
+    night.write_templates(&dir.join("templates"))?;
+    night.write_refcat(&dir.join("refcat.csv"))?;
+    let visit = night.visits()[0].visit;
+    let mut raws = Vec::new();
+    for d in night.detectors() {
+        let mut snaps = Vec::new();
+        for snap in 0..spec.snaps {
+            let path = apflow_sim::night::raw_path(dir, visit, snap, DetectorId(d.id));
+            std::fs::create_dir_all(path.parent().expect("raw files live in a directory"))?;
+            apflow_sim::write_raw_fits(&night.render_raw(0, DetectorId(d.id), snap)?, &path)?;
+            snaps.push(path);
+        }
+        raws.push(snaps);
+    }
+    pb.finish_and_clear();
+    Ok(raws)
+}
+
+fn bench_detector(
+    science: apflow_prompt_proc::pipeline::PipelineConfig,
+    size: u32,
+    repeats: usize,
+    parallel: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use apflow_prompt_proc::service::ProcessContext;
+    let parallel = match parallel {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let raws = prepare_detectors(size, parallel.max(1) as u16, dir)?;
+    let ctx = ProcessContext::open(dir, science)?;
+    // Warm-up: fills the calibration and template caches.
+    for r in &raws {
+        ctx.process_files(r)?;
+    }
+    let pb = bar(repeats, "detector");
+    let mut stage_times: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
+    let mut order: Vec<&'static str> = Vec::new();
+    let (mut totals, mut walls, mut sources) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let result = ctx.process_files(&raws[0])?;
+        walls.push(t.elapsed().as_secs_f64());
+        totals.push(result.total_seconds());
+        sources.push(result.sources.len() as f64);
+        for s in &result.timings {
+            if !order.contains(&s.stage) {
+                order.push(s.stage);
+            }
+            stage_times.entry(s.stage).or_default().push(s.seconds);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "science core, {size}×{size} detector, typical profile, 2 snaps, {repeats} runs, one thread (median):"
+    );
+    for stage in &order {
+        let v = stage_times.get_mut(stage).expect("stage seen");
+        println!("  {stage:<12} {:8.1} ms", median(v) * 1e3);
+    }
+    println!("  {:<12} {:8.1} ms", "stages", median(&mut totals) * 1e3);
+    println!(
+        "  {:<12} {:8.1} ms   (stages + reading the raw FITS files)",
+        "wall",
+        median(&mut walls) * 1e3
+    );
+    println!("  DiaSources   {:8.0}", median(&mut sources));
+    if parallel > 1 {
+        let t = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = raws
+                .iter()
+                .map(|r| {
+                    let ctx = &ctx;
+                    s.spawn(move || -> anyhow::Result<()> {
+                        for _ in 0..repeats {
+                            ctx.process_files(r)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+            }
+            Ok(())
+        })?;
+        let wall = t.elapsed().as_secs_f64();
+        let n = (raws.len() * repeats) as f64;
+        println!(
+            "  throughput   {:8.2} detectors/s with {} detectors at once ({:.2} s per detector per worker)",
+            n / wall,
+            raws.len(),
+            wall / repeats as f64
+        );
+    }
+    Ok(())
 }
 
 async fn bench_bus(

@@ -7,6 +7,7 @@ use prometheus::{IntCounter, register_int_counter};
 pub mod apdb;
 pub mod bench;
 pub mod config;
+pub mod diffim;
 pub mod ingest;
 pub mod run;
 pub mod simulate;

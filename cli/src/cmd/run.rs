@@ -2,20 +2,25 @@
 //! the embedded backends, ending with a summary of what happened and how fast.
 //!
 //! Stages today: scheduler (`NextVisit`), camera (the simulator renders and writes each
-//! raw detector image), ingest (validates, checksums, `RawImageReady` or a dead letter)
-//! and accounting (consumes what ingest announced, measures latency since the end of
-//! readout). Stages added later (processing, APDB, alerts) plug in between ingest and
-//! accounting without changing this command's interface.
+//! raw detector image), ingest (validates, checksums, `RawImageReady` or a dead letter),
+//! process (the science core, once every snap of a detector has arrived:
+//! `DetectorProcessed`, or a dead letter naming the failed stage) and accounting
+//! (latency since the end of readout). Stages added later (APDB, alerts) plug in after
+//! process without changing this command's interface.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apflow_core::bus::{Bus, EventConsumer, EventPublisher, Topics};
-use apflow_core::events::{DeadLetter, RawImageReady};
+use apflow_core::events::{
+    DeadLetter, DetectorCounts, DetectorProcessed, DetectorStatus, Original, RawImageReady,
+    StageTiming,
+};
 use apflow_core::ids::DetectorId;
 use apflow_core::telemetry::{events::StageFinished, http};
 use apflow_ingest::{ReadoutTimes, dead_letter, ingest_file};
+use apflow_prompt_proc::service::ProcessContext;
 use apflow_sim::{Night, NightSpec, write_raw_fits};
 use chrono::Utc;
 use clap::Args;
@@ -110,6 +115,204 @@ async fn account(publisher: EventPublisher, expected: usize) -> anyhow::Result<A
     raw.close(Duration::from_secs(5)).await;
     dlq.close(Duration::from_secs(5)).await;
     Ok(acc)
+}
+
+/// What the process stage did.
+#[derive(Debug, Default)]
+struct Processed {
+    ok: usize,
+    failed: Vec<DeadLetter>,
+    dia_sources: u64,
+    reliable: u64,
+    /// End of readout (last snap) → DetectorProcessed published, seconds.
+    latencies: Vec<f64>,
+    /// Seconds per stage name over detectors.
+    stages: Vec<(String, Vec<f64>)>,
+}
+
+fn file_path(uri: &str) -> PathBuf {
+    PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri))
+}
+
+/// The process stage: gathers each detector's snaps from `RawImageReady`, runs the
+/// science core on them (at most `workers` at once), publishes `DetectorProcessed` or a
+/// dead letter, and acknowledges the snaps only then (at-least-once). Ends when
+/// `expected` detectors (sent once known) are done.
+async fn process(
+    publisher: EventPublisher,
+    ctx: Arc<ProcessContext>,
+    snaps: usize,
+    workers: usize,
+    mut expected: tokio::sync::watch::Receiver<Option<usize>>,
+    bar: indicatif::ProgressBar,
+) -> anyhow::Result<Processed> {
+    let mut raw =
+        EventConsumer::<RawImageReady>::subscribe(&publisher, "process", "process").await?;
+    let mut pending: std::collections::HashMap<
+        (u64, u16),
+        Vec<(RawImageReady, apflow_core::bus::Delivery)>,
+    > = Default::default();
+    let limit = Arc::new(Semaphore::new(workers));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Processed::default();
+    let mut done = 0usize;
+    loop {
+        if let Some(n) = *expected.borrow()
+            && done >= n
+        {
+            break;
+        }
+        tokio::select! {
+            r = raw.next() => {
+                let (e, d) = r?;
+                let key = (e.visit.0, e.detector.0);
+                let group = pending.entry(key).or_default();
+                group.push((e, d));
+                if group.len() < snaps {
+                    continue;
+                }
+                let mut group = pending.remove(&key).expect("present");
+                group.sort_by_key(|(e, _)| e.exposure.0);
+                let permit = limit.clone().acquire_owned().await?;
+                let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                tasks.spawn(async move {
+                    let r = process_detector(ctx, publisher, group).await;
+                    drop(permit);
+                    r
+                });
+            }
+            Some(r) = tasks.join_next() => {
+                let r = r??;
+                done += 1;
+                bar.inc(1);
+                match r {
+                    Ok((latency, sources, reliable, timings)) => {
+                        out.ok += 1;
+                        out.latencies.push(latency);
+                        out.dia_sources += sources;
+                        out.reliable += reliable;
+                        for t in timings {
+                            match out.stages.iter_mut().find(|(s, _)| *s == t.stage) {
+                                Some((_, v)) => v.push(t.seconds),
+                                None => out.stages.push((t.stage, vec![t.seconds])),
+                            }
+                        }
+                    }
+                    Err(letter) => out.failed.push(letter),
+                }
+            }
+            _ = expected.changed() => {}
+        }
+    }
+    raw.close(Duration::from_secs(5)).await;
+    Ok(out)
+}
+
+type DetectorOutcome = Result<(f64, u64, u64, Vec<StageTiming>), DeadLetter>;
+
+/// Runs the science core on one detector's snaps and publishes the outcome.
+async fn process_detector(
+    ctx: Arc<ProcessContext>,
+    publisher: EventPublisher,
+    group: Vec<(RawImageReady, apflow_core::bus::Delivery)>,
+) -> anyhow::Result<DetectorOutcome> {
+    let first = &group[0].0;
+    let (visit, detector) = (first.visit, first.detector);
+    let readout_end = group
+        .iter()
+        .map(|(e, _)| e.readout_end)
+        .max()
+        .expect("a group has snaps");
+    let paths: Vec<PathBuf> = group.iter().map(|(e, _)| file_path(&e.image_uri)).collect();
+    let started = Instant::now();
+    let c = ctx.clone();
+    let p = paths.clone();
+    let result = tokio::task::spawn_blocking(move || c.process_files(&p)).await?;
+    let outcome = match result {
+        Ok(r) => {
+            let timings: Vec<StageTiming> = r
+                .timings
+                .iter()
+                .map(|t| StageTiming {
+                    stage: t.stage.to_string(),
+                    seconds: t.seconds,
+                })
+                .collect();
+            for t in &r.timings {
+                StageFinished {
+                    stage: t.stage,
+                    seconds: t.seconds,
+                    since_readout: None,
+                }
+                .emit();
+            }
+            let reliable = r.reliable().count() as u64;
+            let event = DetectorProcessed {
+                visit,
+                detector,
+                status: DetectorStatus::Ok,
+                counts: DetectorCounts {
+                    dia_sources: r.sources.len() as u32,
+                    ..DetectorCounts::default()
+                },
+                timings: timings.clone(),
+                readout_end,
+                finished_at: Utc::now(),
+            };
+            publisher.publish(&event).await?;
+            let latency = (Utc::now() - readout_end).as_seconds_f64();
+            StageFinished {
+                stage: "process",
+                seconds: started.elapsed().as_secs_f64(),
+                since_readout: Some(latency),
+            }
+            .emit();
+            tracing::info!(
+                visit = visit.0,
+                detector = detector.0,
+                dia_sources = r.sources.len(),
+                reliable,
+                seconds = r.total_seconds(),
+                "Detector processed."
+            );
+            Ok((latency, r.sources.len() as u64, reliable, timings))
+        }
+        Err(f) => {
+            let letter = DeadLetter {
+                original: Original::Reference {
+                    uri: first.image_uri.clone(),
+                },
+                source_topic: None,
+                stage: format!("process.{}", f.stage),
+                reason: f.error.reason().into(),
+                detail: f.to_string(),
+                class: f.error.class(),
+                visit: Some(visit),
+                detector: Some(detector),
+                at: Utc::now(),
+            };
+            publisher.dead_letter(&letter).await?;
+            let event = DetectorProcessed {
+                visit,
+                detector,
+                status: DetectorStatus::Failed {
+                    stage: f.stage.to_string(),
+                    class: f.error.class(),
+                    reason: f.error.reason().to_string(),
+                },
+                counts: DetectorCounts::default(),
+                timings: Vec::new(),
+                readout_end,
+                finished_at: Utc::now(),
+            };
+            publisher.publish(&event).await?;
+            Err(letter)
+        }
+    };
+    for (_, d) in group {
+        d.ack();
+    }
+    Ok(outcome)
 }
 
 /// Camera and ingest for one detector image: render, write, validate, announce.
@@ -251,10 +454,27 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let snaps = spec.snaps;
     let expected = night.visits().len() * detectors.len() * usize::from(snaps);
     let accounting = tokio::spawn(account(publisher.clone(), expected));
+    let o = out.clone();
+    let science = config.science.clone();
+    let ctx =
+        Arc::new(tokio::task::spawn_blocking(move || ProcessContext::open(&o, science)).await??);
+    let (expected_detectors, expected_rx) = tokio::sync::watch::channel(None);
+    let bars = indicatif::MultiProgress::new();
+    let pbar = bars.add(progress_bar());
+    pbar.set_length((night.visits().len() * detectors.len()) as u64);
+    pbar.set_message("processed");
+    let processing = tokio::spawn(process(
+        publisher.clone(),
+        ctx,
+        usize::from(snaps),
+        workers,
+        expected_rx,
+        pbar.clone(),
+    ));
 
-    let bar = progress_bar();
+    let bar = bars.insert(0, progress_bar());
     bar.set_length(expected as u64);
-    bar.set_message("detectors");
+    bar.set_message("read out");
     let limit = Arc::new(Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
     let night_started = Instant::now();
@@ -292,6 +512,19 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let acc = tokio::time::timeout(Duration::from_secs(120), accounting)
         .await
         .map_err(|_| anyhow::anyhow!("accounting did not see every image within 120 s"))???;
+    // Detectors with a dead-lettered snap never complete; the rest must be processed.
+    let mut refused: Vec<(u64, u16)> = acc
+        .dead_letters
+        .iter()
+        .filter_map(|l| Some((l.visit?.0, l.detector?.0)))
+        .collect();
+    refused.sort_unstable();
+    refused.dedup();
+    let n_detectors = night.visits().len() * detectors.len();
+    expected_detectors.send_replace(Some(n_detectors - refused.len()));
+    pbar.set_length((n_detectors - refused.len()) as u64);
+    let processed = processing.await??;
+    pbar.finish_and_clear();
 
     camera_seconds.sort_by(f64::total_cmp);
     let mut lat = acc.latencies.clone();
@@ -321,7 +554,38 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         100.0 * within as f64 / lat.len().max(1) as f64
     );
     println!(
-        "  alerts          0 — prompt processing, APDB and alert distribution are not built yet"
+        "  processed       {} detectors, {} failed; {} DiaSources, {} above the reliability cut",
+        processed.ok,
+        processed.failed.len(),
+        processed.dia_sources,
+        processed.reliable
+    );
+    for l in &processed.failed {
+        println!(
+            "    dead letter: {} at {} ({})",
+            l.reason, l.stage, l.detail
+        );
+    }
+    for (stage, v) in &mut processed.stages.clone() {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "    {stage:<12} {:7.1} ms median per detector",
+            quantile(v, 0.5) * 1e3
+        );
+    }
+    let mut plat = processed.latencies.clone();
+    plat.sort_by(f64::total_cmp);
+    let pwithin = plat.iter().filter(|l| **l <= 60.0).count();
+    println!(
+        "  latency         end of readout → DetectorProcessed: p50 {:.2} s, p95 {:.2} s, p98 {:.2} s, max {:.2} s; {:.1}% within 60 s",
+        quantile(&plat, 0.5),
+        quantile(&plat, 0.95),
+        quantile(&plat, 0.98),
+        plat.last().copied().unwrap_or(f64::NAN),
+        100.0 * pwithin as f64 / plat.len().max(1) as f64
+    );
+    println!(
+        "  alerts          0 — association with the APDB and alert distribution are not wired in yet"
     );
     println!("  wall time       {:.1} s", wall.elapsed().as_secs_f64());
     if let Some(s) = server {
