@@ -11,15 +11,18 @@ What is checked, honestly:
   * Built-in Kubernetes kinds (Deployment, Service, ConfigMap, Secret) are validated
     against the Kubernetes OpenAPI schemas bundled in the PyPI package
     kubernetes-validate, strictly (unknown fields are errors).
-  * Custom resources (KEDA ScaledObject/TriggerAuthentication, Prometheus Operator
-    ServiceMonitor/PrometheusRule, Strimzi KafkaTopic/KafkaUser, ScyllaCluster) have no
-    schema available here: only the fields apflow relies on are checked below.
+  * Custom resources: the fields apflow relies on are checked below; the rendered
+    documents are written to --docs-out, where validate/validate-crs.mjs checks the
+    KEDA and Prometheus Operator ones against those projects' CRD schemas
+    (kubernetes-models on npm). Strimzi KafkaTopic/KafkaUser and ScyllaCluster have no
+    schema package we can install: for them the field checks below are all there is.
   * The PrometheusRule carries exactly deploy/prometheus/rules/apflow.rules.yml.
   * Enabling a stage that does not exist yet (alertDist, filtering, archive) fails the
     render with the reason.
   * The rendered apflow.toml is written to --config-out for `apflow config check`.
 """
 import argparse
+import json
 import pathlib
 import sys
 import tomllib
@@ -102,6 +105,7 @@ def main():
     ap.add_argument("chart")
     ap.add_argument("--rules", required=True, help="deploy/prometheus/rules/apflow.rules.yml")
     ap.add_argument("--config-out", required=True, help="where to write the rendered apflow.toml")
+    ap.add_argument("--docs-out", required=True, help="where to write every rendered document (JSON)")
     args = ap.parse_args()
     chart_dir = pathlib.Path(args.chart)
     k8s = kubernetes_validate.latest_version()
@@ -117,6 +121,7 @@ def main():
 
     chart = helm.Chart.load(str(chart_dir))
     rendered = check_render(chart, None, "default values", k8s)
+    pathlib.Path(args.docs_out).write_text(json.dumps([d for _, d in documents(rendered)]))
     check_render(chart, {"promptProc": {"keda": {"enabled": False}}}, "without KEDA", k8s)
     check_render(chart, {"strimzi": {"enabled": False}, "scylla": {"enabled": False},
                          "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
