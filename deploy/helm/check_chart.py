@@ -69,6 +69,8 @@ def get(doc, path):
 
 def documents(rendered):
     for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
         for doc in yaml.safe_load_all(text):
             if doc is not None:
                 yield path, doc
