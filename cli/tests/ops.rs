@@ -803,6 +803,16 @@ fn a_real_prometheus_scrapes_a_night_and_evaluates_the_rules() {
         "rules not loaded or not healthy: {:?}",
         rule_health()
     );
+    // Every expression of the rules and dashboards evaluates on a real Prometheus (the
+    // parser cannot see execution errors such as many-to-many matches).
+    for (at, expr) in shipped_expressions() {
+        let q = percent_encode(&without_grafana_variables(&expr));
+        let (status, body) = http_get(&prom_addr, &format!("/api/v1/query?query={q}")).unwrap();
+        assert!(
+            status == 200 && body.contains(r#""status":"success""#),
+            "{at}: {expr}: {body}"
+        );
+    }
     let firing = query(&prom_addr, r#"ALERTS{alertstate="firing"}"#);
     assert!(
         firing.is_empty(),
