@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Address for /metrics and /healthz (port 0 picks one; empty disables).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Keep serving /metrics this long after the summary (e.g. `30s`), so that a
+    /// scraper such as Prometheus sees the night's final values; Ctrl-C ends it early.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub linger: Option<Duration>,
 }
 
 /// `[run]`.
@@ -588,6 +592,17 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         "  alerts          0 — association with the APDB and alert distribution are not wired in yet"
     );
     println!("  wall time       {:.1} s", wall.elapsed().as_secs_f64());
+    if let (Some(s), Some(linger)) = (&server, args.linger.filter(|l| !l.is_zero())) {
+        println!(
+            "  metrics         still served on http://{}/metrics for {} (Ctrl-C stops)",
+            s.addr,
+            humantime::format_duration(linger)
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     if let Some(s) = server {
         s.task.abort();
     }

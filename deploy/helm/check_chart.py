@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Renders and checks the apflow Helm chart (run by scripts/ops-checks).
+
+What is checked, honestly:
+  * `helm lint --strict` and `helm template` through Helm's own Go SDK (v4), bound by the
+    PyPI package helm-python-sdk (libhelm_c.so): the same template engine, Sprig
+    functions and chart loader as the helm binary, with no cluster contacted. The helm
+    binary itself cannot be installed on our machines (not in Debian 12; its release
+    tarball is not reachable).
+  * Every rendered document is YAML with apiVersion, kind and metadata.name.
+  * Built-in Kubernetes kinds (Deployment, Service, ConfigMap, Secret) are validated
+    against the Kubernetes OpenAPI schemas bundled in the PyPI package
+    kubernetes-validate, strictly (unknown fields are errors).
+  * Custom resources: the fields apflow relies on are checked below; the rendered
+    documents are written to --docs-out, where validate/validate-crs.mjs checks the
+    KEDA and Prometheus Operator ones against those projects' CRD schemas
+    (kubernetes-models on npm). Strimzi KafkaTopic/KafkaUser and ScyllaCluster have no
+    schema package we can install: for them the field checks below are all there is.
+  * The PrometheusRule carries exactly deploy/prometheus/rules/apflow.rules.yml.
+  * Enabling a stage that does not exist yet (alertDist, filtering, archive) fails the
+    render with the reason.
+  * The rendered apflow.toml is written to --config-out for `apflow config check`.
+"""
+import argparse
+import json
+import pathlib
+import sys
+import tomllib
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+BUILTIN = {("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"), ("v1", "Secret")}
+# Custom resources: (apiVersion, kind) -> dotted paths that must be present.
+CUSTOM = {
+    ("keda.sh/v1alpha1", "ScaledObject"): ["spec.scaleTargetRef.name", "spec.triggers"],
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ["spec.secretTargetRef"],
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector.matchLabels", "spec.endpoints"],
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ["spec.groups"],
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): ["metadata.labels.strimzi.io/cluster", "spec.topicName", "spec.partitions", "spec.replicas"],
+    ("kafka.strimzi.io/v1beta2", "KafkaUser"): ["metadata.labels.strimzi.io/cluster", "spec.authentication.type", "spec.authorization.acls"],
+    ("scylla.scylladb.com/v1", "ScyllaCluster"): ["spec.version", "spec.datacenter.name", "spec.datacenter.racks"],
+}
+errors = []
+
+
+def fail(msg):
+    errors.append(msg)
+    print(f"  FAIL {msg}")
+
+
+def get(doc, path):
+    """Follows a dotted path; label keys with dots are tried whole first."""
+    node, parts = doc, path.split(".")
+    i = 0
+    while i < len(parts):
+        if not isinstance(node, dict):
+            return None
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            if key in node:
+                node, i = node[key], j
+                break
+        else:
+            return None
+    return node
+
+
+def documents(rendered):
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is not None:
+                yield path, doc
+
+
+def check_render(chart, values, label, k8s_version):
+    rendered = chart.render(values, name="apflow", namespace="alert-production")
+    kinds = {}
+    for path, doc in documents(rendered):
+        where = f"{label}: {path} {doc.get('kind')}/{get(doc, 'metadata.name')}"
+        for key in ("apiVersion", "kind", "metadata.name"):
+            if get(doc, key) in (None, ""):
+                fail(f"{where}: no {key}")
+        gvk = (doc.get("apiVersion"), doc.get("kind"))
+        kinds[gvk] = kinds.get(gvk, 0) + 1
+        if gvk in BUILTIN:
+            try:
+                kubernetes_validate.validate(doc, k8s_version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(f"{where}: {e.message} at {'.'.join(map(str, e.path))}")
+        elif gvk in CUSTOM:
+            for key in CUSTOM[gvk]:
+                if get(doc, key) in (None, "", [], {}):
+                    fail(f"{where}: no {key}")
+        else:
+            fail(f"{where}: kind {gvk} is not known to check_chart.py")
+    summary = ", ".join(f"{n} {k}" for (_, k), n in sorted(kinds.items(), key=lambda x: x[0][1]))
+    print(f"  ok   {label}: {summary}")
+    return rendered
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("chart")
+    ap.add_argument("--rules", required=True, help="deploy/prometheus/rules/apflow.rules.yml")
+    ap.add_argument("--config-out", required=True, help="where to write the rendered apflow.toml")
+    ap.add_argument("--docs-out", required=True, help="where to write every rendered document (JSON)")
+    args = ap.parse_args()
+    chart_dir = pathlib.Path(args.chart)
+    k8s = kubernetes_validate.latest_version()
+    print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {k8s} (kubernetes-validate {kubernetes_validate.version.__version__})")
+
+    report = helm.lint(str(chart_dir), strict=True)
+    for m in report.get("messages", []):
+        if m["severity"] >= 2:
+            fail(f"helm lint: {m['path']}: {m['error']}")
+    for e in report.get("errors", []):
+        fail(f"helm lint: {e}")
+    print(f"  ok   helm lint --strict ({len(report.get('messages', []))} info messages)")
+
+    chart = helm.Chart.load(str(chart_dir))
+    rendered = check_render(chart, None, "default values", k8s)
+    pathlib.Path(args.docs_out).write_text(json.dumps([d for _, d in documents(rendered)]))
+    check_render(chart, {"promptProc": {"keda": {"enabled": False}}}, "without KEDA", k8s)
+    check_render(chart, {"strimzi": {"enabled": False}, "scylla": {"enabled": False},
+                         "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
+                 "without operators", k8s)
+    for stage, issue in (("alertDist", "issue 6"), ("filtering", "issue 7"), ("archive", "archive")):
+        try:
+            chart.render({stage: {"enabled": True}}, name="apflow", namespace="alert-production")
+            fail(f"{stage}.enabled=true rendered, but that stage does not exist yet")
+        except helm.HelmError as e:
+            if issue not in str(e):
+                fail(f"{stage}.enabled=true failed without naming {issue}: {e}")
+    print("  ok   placeholders (alertDist, filtering, archive) refuse to render when enabled")
+
+    rules = yaml.safe_load(pathlib.Path(args.rules).read_text())
+    docs = [d for _, d in documents(rendered)]
+    prom_rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    if len(prom_rules) != 1 or prom_rules[0]["spec"] != rules:
+        fail("the PrometheusRule does not carry deploy/prometheus/rules/apflow.rules.yml (copy it to files/)")
+    else:
+        print("  ok   PrometheusRule == deploy/prometheus/rules/apflow.rules.yml")
+
+    config = [d for d in docs if d["kind"] == "ConfigMap"]
+    text = config[0]["data"]["apflow.toml"]
+    tomllib.loads(text)
+    pathlib.Path(args.config_out).write_text(text)
+    print(f"  ok   rendered apflow.toml parses as TOML (written to {args.config_out})")
+
+    if errors:
+        print(f"{len(errors)} chart problem(s)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
