@@ -49,6 +49,7 @@
 use crate::detect::{BBox, Detections, Footprint, Peak};
 use crate::image::{MaskedImage, mask};
 use crate::psf::{FWHM_PER_SIGMA, Psf};
+use crate::psf_cache::CachedPsf;
 use apflow_core::wcs::TanSipWcs;
 use serde::Deserialize;
 
@@ -85,6 +86,9 @@ pub struct MeasureConfig {
     pub max_fit_box: usize,
     /// Measure footprints in parallel with rayon.
     pub parallel: bool,
+    /// Node spacing (pixels) of the grid cache of the difference PSF
+    /// ([`CachedPsf`]); 0 evaluates the PSF itself for every stamp.
+    pub psf_cache_spacing: f64,
 }
 
 impl Default for MeasureConfig {
@@ -103,6 +107,7 @@ impl Default for MeasureConfig {
             trail_min_snr: 5.0,
             max_fit_box: 121,
             parallel: false,
+            psf_cache_spacing: 512.0,
         }
     }
 }
@@ -785,6 +790,36 @@ pub fn measure(
 /// fluxes.
 #[allow(clippy::too_many_arguments)]
 pub fn measure_with_psfs(
+    diff: &MaskedImage,
+    science: &MaskedImage,
+    template: &MaskedImage,
+    diff_psf: &dyn Psf,
+    sci_psf: &dyn Psf,
+    tmpl_psf: &dyn Psf,
+    wcs: &TanSipWcs,
+    detections: &Detections,
+    cfg: &MeasureConfig,
+) -> Vec<DiaSourceMeasurement> {
+    // The difference PSF is usually expensive to evaluate (a convolution per call):
+    // serve the many stamps of the fits from a grid cache of it.
+    if cfg.psf_cache_spacing > 0.0 {
+        let cached =
+            CachedPsf::for_image(diff_psf, diff.width(), diff.height(), cfg.psf_cache_spacing);
+        measure_with_fast_psfs(
+            diff, science, template, &cached, sci_psf, tmpl_psf, wcs, detections, cfg,
+        )
+    } else {
+        measure_with_fast_psfs(
+            diff, science, template, diff_psf, sci_psf, tmpl_psf, wcs, detections, cfg,
+        )
+    }
+}
+
+/// As [`measure_with_psfs`] without wrapping `diff_psf` in a [`CachedPsf`]: for callers
+/// that already hold a cheap-to-evaluate difference PSF (for example their own
+/// [`CachedPsf`], shared with the cutouts).
+#[allow(clippy::too_many_arguments)]
+pub fn measure_with_fast_psfs(
     diff: &MaskedImage,
     science: &MaskedImage,
     template: &MaskedImage,

@@ -34,6 +34,7 @@ use crate::io::{MasterCalibs, RawSnap, TemplateTile};
 use crate::isr::{self, IsrConfig};
 use crate::measure::{self, DiaSourceMeasurement, MeasureConfig};
 use crate::psf::{ImagePsf, Psf};
+use crate::psf_cache::CachedPsf;
 use crate::psf_model::{self, PsfConfig, PsfModel};
 use crate::reliability::{self, ReliabilityFeatures};
 use crate::stars::{self, Star, StarConfig};
@@ -248,7 +249,10 @@ struct Characterized {
 
 /// Background, bright stars, PSF model and PSF fluxes of a science image (in place:
 /// the background is subtracted).
-fn characterize(img: &mut MaskedImage, cfg: &PipelineConfig) -> Result<Characterized, ScienceError> {
+fn characterize(
+    img: &mut MaskedImage,
+    cfg: &PipelineConfig,
+) -> Result<Characterized, ScienceError> {
     let bg = background::estimate(img, &cfg.background)?;
     bg.subtract_from(img);
     let mut stars = stars::detect_stars(img, &cfg.stars);
@@ -298,12 +302,20 @@ fn difference_and_sources(
     let detections = clock.time("detect", || {
         detect::detect(&sub.difference, &sub.psf, &cfg.detect)
     });
+    // One grid cache of the (expensive) difference PSF for the measurement and cutouts.
+    // (`psf_cache_spacing` 0: no cache.)
+    let spacing = cfg.measure.psf_cache_spacing;
+    let cached = (spacing > 0.0).then(|| CachedPsf::for_image(&sub.psf, w, h, spacing));
+    let diff_psf: &dyn Psf = match &cached {
+        Some(c) => c,
+        None => &sub.psf,
+    };
     let measurements = clock.time("measure", || {
-        measure::measure_with_psfs(
+        measure::measure_with_fast_psfs(
             &sub.difference,
             &science,
             &warped.masked,
-            &sub.psf,
+            diff_psf,
             sci_psf,
             &warped.psf,
             &wcs,
@@ -325,7 +337,7 @@ fn difference_and_sources(
                     &wcs,
                     sci_psf,
                     &warped.psf,
-                    &sub.psf,
+                    diff_psf,
                     m.x,
                     m.y,
                     size,
@@ -471,8 +483,7 @@ pub fn process_calibrated(
                 let mjd = mjd.ok_or_else(|| {
                     ScienceError::BadInput("the science image has no MJD-OBS for the refcat".into())
                 })?;
-                let refs =
-                    refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
+                let refs = refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
                 let astro = fit_astrometry(&ch.stars, &header_wcs, &refs, mjd, &cfg.astrometry)?;
                 if in_njy {
                     return Ok((
@@ -561,9 +572,11 @@ fn relative_scale(
     psf_model::measure_psf_flux_with(&warped.masked, &warped.psf, &mut on_template, size);
     let mut ratios: Vec<f32> = on_template
         .iter()
-        .zip(ch.stars.iter().filter(|s| {
-            s.is_clean() && s.isolated && s.snr() >= cfg.kernel_candidate_min_snr
-        }))
+        .zip(
+            ch.stars
+                .iter()
+                .filter(|s| s.is_clean() && s.isolated && s.snr() >= cfg.kernel_candidate_min_snr),
+        )
         .filter(|(t, s)| {
             t.psf_flux.is_finite() && s.psf_flux.is_finite() && s.psf_flux > 0.0 && t.psf_flux > 0.0
         })
@@ -576,8 +589,7 @@ fn relative_scale(
             cfg.photometry.min_stars
         )));
     }
-    let (med, sigma) = crate::image::median_and_iqr_sigma(&mut ratios).ok_or_else(|| {
-        ScienceError::PhotoCalib("no usable star for a relative scale".into())
-    })?;
+    let (med, sigma) = crate::image::median_and_iqr_sigma(&mut ratios)
+        .ok_or_else(|| ScienceError::PhotoCalib("no usable star for a relative scale".into()))?;
     Ok((f64::from(med), f64::from(sigma) / (n as f64).sqrt()))
 }

@@ -96,7 +96,11 @@ fn psf_flux_sigma(img: &MaskedImage, psf: &Image<f32>, x: f64, y: f64) -> f64 {
             }
         }
     }
-    if s > 0.0 { s.recip().sqrt() } else { f64::INFINITY }
+    if s > 0.0 {
+        s.recip().sqrt()
+    } else {
+        f64::INFINITY
+    }
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +116,7 @@ struct Score {
     pulls: Vec<f32>,
     noise_ratios: Vec<f64>,
     astrometric_rms: Vec<f64>,
+    dump: Option<std::fs::File>,
 }
 
 fn near(t: &TruthRow, x: f64, y: f64) -> bool {
@@ -146,12 +151,7 @@ fn score(run: &Run, s: &mut Score) {
             TruthKind::Injected | TruthKind::Supernova | TruthKind::FastTransient
         );
         let edge = 20.0;
-        if !is_new
-            || t.x < edge
-            || t.y < edge
-            || t.x > w as f64 - edge
-            || t.y > h as f64 - edge
-        {
+        if !is_new || t.x < edge || t.y < edge || t.x > w as f64 - edge || t.y > h as f64 - edge {
             continue;
         }
         let sigma = psf_flux_sigma(&r.difference, &r.difference_psf_centre, t.x, t.y);
@@ -159,6 +159,31 @@ fn score(run: &Run, s: &mut Score) {
         let found = r
             .reliable()
             .find(|d| !d.measurement.is_negative && near(t, d.measurement.x, d.measurement.y));
+        if let Some(f) = s.dump.as_mut() {
+            use std::io::Write;
+            let any = r
+                .sources
+                .iter()
+                .filter(|d| !d.measurement.is_negative && near(t, d.measurement.x, d.measurement.y))
+                .max_by(|a, b| a.reliability.total_cmp(&b.reliability));
+            let (rel, msnr, mflux, merr, sig, chi) =
+                any.map_or((-1.0, 0.0, 0.0, 0.0, 0.0, 0.0), |d| {
+                    let m = &d.measurement;
+                    (
+                        d.reliability,
+                        m.snr,
+                        m.psf_flux,
+                        m.psf_flux_err,
+                        m.significance,
+                        m.psf_chi2 / (m.psf_ndata as f64 - 3.0),
+                    )
+                });
+            let _ = writeln!(
+                f,
+                "{:?},{:.2},{:.2},{:.1},{:.2},{:.3},{:.2},{:.1},{:.1},{:.2},{:.2}",
+                t.kind, t.x, t.y, t.diff_flux_njy, snr, rel, msnr, mflux, merr, sig, chi
+            );
+        }
         if snr >= 10.0 {
             s.bright_total += 1;
             s.bright_found += usize::from(found.is_some());
@@ -189,7 +214,15 @@ fn score(run: &Run, s: &mut Score) {
             s.spurious_after_cut += 1;
             eprintln!(
                 "spurious: x {:.1} y {:.1} flux {:.0} snr {:.1} neg {} dipole {} rel {:.2} sci {:.0} tmpl {:.0}",
-                m.x, m.y, m.psf_flux, m.snr, m.is_negative, m.is_dipole, d.reliability, m.science_flux, m.template_flux
+                m.x,
+                m.y,
+                m.psf_flux,
+                m.snr,
+                m.is_negative,
+                m.is_dipole,
+                d.reliability,
+                m.science_flux,
+                m.template_flux
             );
         }
     }
@@ -214,8 +247,24 @@ fn simulated_detectors_meet_the_science_checks() {
     if std::env::var("APFLOW_CONVOLVE").as_deref() == Ok("template") {
         cfg.subtract.convolve = apflow_prompt_proc::subtract::ConvolveChoice::Template;
     }
-    let mut s = Score::default();
-    for i in 0..night.visits().len().min(std::env::var("APFLOW_VISITS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)) {
+    if let Some(v) = std::env::var("APFLOW_PSF_CACHE_SPACING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.measure.psf_cache_spacing = v;
+    }
+    let mut s = Score {
+        dump: std::env::var("APFLOW_DUMP")
+            .ok()
+            .and_then(|p| std::fs::File::create(p).ok()),
+        ..Score::default()
+    };
+    for i in 0..night.visits().len().min(
+        std::env::var("APFLOW_VISITS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX),
+    ) {
         let run = run_visit(&night, i, &refs, &cfg);
         let r = &run.result;
         eprintln!(
@@ -256,16 +305,29 @@ fn simulated_detectors_meet_the_science_checks() {
         s.astrometric_rms
     );
     for n in &s.noise_ratios {
-        assert!((0.95..=1.10).contains(n), "difference noise / propagated σ = {n}");
+        assert!(
+            (0.95..=1.10).contains(n),
+            "difference noise / propagated σ = {n}"
+        );
     }
     for a in &s.astrometric_rms {
         assert!(*a <= 0.05, "astrometric rms {a}″");
     }
-    assert!(s.bright_total >= 50, "too few bright transients to judge: {}", s.bright_total);
+    assert!(
+        s.bright_total >= 50,
+        "too few bright transients to judge: {}",
+        s.bright_total
+    );
     assert!(bright >= 0.95, "completeness at SNR ≥ 10: {bright}");
     assert!(faint >= 0.80, "completeness at SNR 6–10: {faint}");
-    assert!(spurious_4k <= 10.0, "spurious per 4096² after the cut: {spurious_4k}");
-    assert!((med_ratio - 1.0).abs() <= 0.02, "median PSF flux ratio {med_ratio}");
+    assert!(
+        spurious_4k <= 10.0,
+        "spurious per 4096² after the cut: {spurious_4k}"
+    );
+    assert!(
+        (med_ratio - 1.0).abs() <= 0.02,
+        "median PSF flux ratio {med_ratio}"
+    );
     assert!((0.9..=1.2).contains(&pull_std), "pull σ {pull_std}");
 }
 
@@ -289,7 +351,10 @@ fn failures_name_their_stage_and_reason() {
     // No template tile: the warp stage reports no coverage.
     let e = process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &cfg).unwrap_err();
     assert_eq!(e.stage, "warp", "{e}");
-    assert!(matches!(e.error, ScienceError::NoTemplateCoverage { .. }), "{e}");
+    assert!(
+        matches!(e.error, ScienceError::NoTemplateCoverage { .. }),
+        "{e}"
+    );
     assert_eq!(e.error.reason(), "no_template_coverage");
 
     // No reference stars: the WCS fit fails.
@@ -300,7 +365,11 @@ fn failures_name_their_stage_and_reason() {
     // Demanding more PSF stars than a detector has.
     let mut strict = cfg.clone();
     strict.psf.min_stars = 100_000;
-    let e = process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &strict).unwrap_err();
+    let e =
+        process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &strict).unwrap_err();
     assert_eq!(e.stage, "characterize", "{e}");
-    assert!(matches!(e.error, ScienceError::TooFewPsfStars { .. }), "{e}");
+    assert!(
+        matches!(e.error, ScienceError::TooFewPsfStars { .. }),
+        "{e}"
+    );
 }
