@@ -107,7 +107,7 @@ impl Default for MeasureConfig {
             trail_min_snr: 5.0,
             max_fit_box: 121,
             parallel: false,
-            psf_cache_spacing: 512.0,
+            psf_cache_spacing: 1024.0,
         }
     }
 }
@@ -490,7 +490,7 @@ fn fit_psf(
                 centroid_ok = false;
                 break;
             }
-            if sx.abs() < 1e-4 && sy.abs() < 1e-4 && it > 0 {
+            if sx.abs() < 1e-3 && sy.abs() < 1e-3 && it > 0 {
                 break;
             }
         }
@@ -764,9 +764,9 @@ struct Ctx<'a> {
     diff: &'a MaskedImage,
     science: &'a MaskedImage,
     template: &'a MaskedImage,
-    diff_psf: &'a dyn Psf,
-    sci_psf: &'a dyn Psf,
-    tmpl_psf: &'a dyn Psf,
+    diff_psf: &'a CachedPsf<'a>,
+    sci_psf: &'a CachedPsf<'a>,
+    tmpl_psf: &'a CachedPsf<'a>,
     wcs: &'a TanSipWcs,
     cfg: &'a MeasureConfig,
 }
@@ -801,31 +801,25 @@ pub fn measure_with_psfs(
     cfg: &MeasureConfig,
 ) -> Vec<DiaSourceMeasurement> {
     // The difference PSF is usually expensive to evaluate (a convolution per call):
-    // serve the many stamps of the fits from a grid cache of it.
-    if cfg.psf_cache_spacing > 0.0 {
-        let cached =
-            CachedPsf::for_image(diff_psf, diff.width(), diff.height(), cfg.psf_cache_spacing);
-        measure_with_fast_psfs(
-            diff, science, template, &cached, sci_psf, tmpl_psf, wcs, detections, cfg,
-        )
-    } else {
-        measure_with_fast_psfs(
-            diff, science, template, diff_psf, sci_psf, tmpl_psf, wcs, detections, cfg,
-        )
-    }
+    // serve the many stamps of the fits from grid caches of the PSFs.
+    let (w, h) = diff.dims();
+    let sp = cfg.psf_cache_spacing;
+    let d = CachedPsf::for_image(diff_psf, w, h, sp);
+    let s = CachedPsf::for_image(sci_psf, w, h, sp);
+    let t = CachedPsf::for_image(tmpl_psf, w, h, sp);
+    measure_with_cached_psfs(diff, science, template, &d, &s, &t, wcs, detections, cfg)
 }
 
-/// As [`measure_with_psfs`] without wrapping `diff_psf` in a [`CachedPsf`]: for callers
-/// that already hold a cheap-to-evaluate difference PSF (for example their own
-/// [`CachedPsf`], shared with the cutouts).
+/// As [`measure_with_psfs`] with PSFs already wrapped in [`CachedPsf`]s (for callers
+/// that share the caches with the cutouts).
 #[allow(clippy::too_many_arguments)]
-pub fn measure_with_fast_psfs(
+pub fn measure_with_cached_psfs(
     diff: &MaskedImage,
     science: &MaskedImage,
     template: &MaskedImage,
-    diff_psf: &dyn Psf,
-    sci_psf: &dyn Psf,
-    tmpl_psf: &dyn Psf,
+    diff_psf: &CachedPsf<'_>,
+    sci_psf: &CachedPsf<'_>,
+    tmpl_psf: &CachedPsf<'_>,
     wcs: &TanSipWcs,
     detections: &Detections,
     cfg: &MeasureConfig,
@@ -998,10 +992,12 @@ fn measure_common(
 ) -> (f64, f64) {
     let cfg = ctx.cfg;
     let (px, py) = (pk.x as f64, pk.y as f64);
-    let sigma = ctx.diff_psf.sigma_at(px, py).clamp(0.3, 30.0);
+    let local = ctx.diff_psf.local(px, py);
+    let diff_psf: &dyn Psf = &local;
+    let sigma = diff_psf.sigma_at(px, py).clamp(0.3, 30.0);
     let half = ((cfg.fit_radius_sigma * sigma).ceil() as i32).max(2);
     let pix = gather(ctx.diff, square(px, py, half));
-    let fit = fit_psf(&pix.px, ctx.diff_psf, px, py, half + 3, cfg);
+    let fit = fit_psf(&pix.px, diff_psf, px, py, half + 3, cfg);
     m.x = fit.x;
     m.y = fit.y;
     m.x_err = fit.x_err;
@@ -1063,7 +1059,7 @@ fn measure_common(
         None => m.shape_flag = true,
     }
     let khalf = ((5.0 * sigma).ceil() as i32).max(3);
-    let k = Stamp::render(ctx.diff_psf, m.x, m.y, khalf);
+    let k = Stamp::render(diff_psf, m.x, m.y, khalf);
     let kd = |x: i32, y: i32| -> Option<f64> { Some(k.at(x, y)) };
     if let Some(([a, b, c], _)) =
         adaptive_moments(&kd, m.x, m.y, [s2, s2, 0.0], khalf, cfg.moments_iterations)
@@ -1293,7 +1289,8 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     };
     let pix = gather(ctx.diff, b);
     let khalf = ((5.0 * sigma).ceil() as i32).max(3);
-    let psf = ctx.diff_psf;
+    let local = ctx.diff_psf.local(mx as f64, my as f64);
+    let psf: &dyn Psf = &local;
     // Model on the pixels, then (optionally) the two lobe fluxes for the priors.
     let model = |p: &[f64; 6], priors: bool| -> Vec<f64> {
         let sp = Stamp::render(psf, p[0], p[1], khalf);

@@ -302,22 +302,25 @@ fn difference_and_sources(
     let detections = clock.time("detect", || {
         detect::detect(&sub.difference, &sub.psf, &cfg.detect)
     });
-    // One grid cache of the (expensive) difference PSF for the measurement and cutouts.
-    // (`psf_cache_spacing` 0: no cache.)
-    let spacing = cfg.measure.psf_cache_spacing;
-    let cached = (spacing > 0.0).then(|| CachedPsf::for_image(&sub.psf, w, h, spacing));
-    let diff_psf: &dyn Psf = match &cached {
-        Some(c) => c,
-        None => &sub.psf,
+    // Grid caches of the PSFs (the difference PSF is a convolution per evaluation),
+    // shared by the measurement and the cutouts (`psf_cache_spacing` 0: no cache).
+    let sp = cfg.measure.psf_cache_spacing;
+    let diff_psf = CachedPsf::for_image(&sub.psf, w, h, sp);
+    let sci_psf_c = CachedPsf::for_image(sci_psf, w, h, sp);
+    // The warped template's PSF is one image (`ImagePsf`), the same everywhere.
+    let tmpl_psf_c = if sp > 0.0 {
+        CachedPsf::constant(&warped.psf, w, h)
+    } else {
+        CachedPsf::for_image(&warped.psf, w, h, sp)
     };
     let measurements = clock.time("measure", || {
-        measure::measure_with_fast_psfs(
+        measure::measure_with_cached_psfs(
             &sub.difference,
             &science,
             &warped.masked,
-            diff_psf,
-            sci_psf,
-            &warped.psf,
+            &diff_psf,
+            &sci_psf_c,
+            &tmpl_psf_c,
             &wcs,
             &detections,
             &cfg.measure,
@@ -335,9 +338,9 @@ fn difference_and_sources(
                     &science,
                     &warped.masked,
                     &wcs,
-                    sci_psf,
-                    &warped.psf,
-                    diff_psf,
+                    &sci_psf_c,
+                    &tmpl_psf_c,
+                    &diff_psf,
                     m.x,
                     m.y,
                     size,
