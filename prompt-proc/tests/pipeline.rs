@@ -166,8 +166,8 @@ fn score(run: &Run, s: &mut Score) {
                 .iter()
                 .filter(|d| !d.measurement.is_negative && near(t, d.measurement.x, d.measurement.y))
                 .max_by(|a, b| a.reliability.total_cmp(&b.reliability));
-            let (rel, msnr, mflux, merr, sig, chi) =
-                any.map_or((-1.0, 0.0, 0.0, 0.0, 0.0, 0.0), |d| {
+            let (rel, msnr, mflux, merr, sig, chi, sci, ap) =
+                any.map_or((-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), |d| {
                     let m = &d.measurement;
                     (
                         d.reliability,
@@ -176,12 +176,15 @@ fn score(run: &Run, s: &mut Score) {
                         m.psf_flux_err,
                         m.significance,
                         m.psf_chi2 / (m.psf_ndata as f64 - 3.0),
+                        m.science_flux,
+                        m.ap_flux,
                     )
                 });
             let _ = writeln!(
                 f,
-                "{:?},{:.2},{:.2},{:.1},{:.2},{:.3},{:.2},{:.1},{:.1},{:.2},{:.2}",
-                t.kind, t.x, t.y, t.diff_flux_njy, snr, rel, msnr, mflux, merr, sig, chi
+                "{:?},{:.2},{:.2},{:.1},{:.2},{:.3},{:.2},{:.1},{:.1},{:.2},{:.2},{:.1},{:.1},{:.1}",
+                t.kind, t.x, t.y, t.diff_flux_njy, snr, rel, msnr, mflux, merr, sig, chi, sci, ap,
+                t.template_flux_njy
             );
         }
         if snr >= 10.0 {
