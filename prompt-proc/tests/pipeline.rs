@@ -183,7 +183,19 @@ fn score(run: &Run, s: &mut Score) {
             let _ = writeln!(
                 f,
                 "{:?},{:.2},{:.2},{:.1},{:.2},{:.3},{:.2},{:.1},{:.1},{:.2},{:.2},{:.1},{:.1},{:.1}",
-                t.kind, t.x, t.y, t.diff_flux_njy, snr, rel, msnr, mflux, merr, sig, chi, sci, ap,
+                t.kind,
+                t.x,
+                t.y,
+                t.diff_flux_njy,
+                snr,
+                rel,
+                msnr,
+                mflux,
+                merr,
+                sig,
+                chi,
+                sci,
+                ap,
                 t.template_flux_njy
             );
         }
