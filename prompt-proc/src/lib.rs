@@ -31,6 +31,7 @@ pub mod isr;
 pub mod measure;
 pub mod pipeline;
 pub mod psf;
+pub mod psf_cache;
 pub mod psf_model;
 pub mod reliability;
 pub mod service;

@@ -34,6 +34,7 @@ use crate::io::{MasterCalibs, RawSnap, TemplateTile};
 use crate::isr::{self, IsrConfig};
 use crate::measure::{self, DiaSourceMeasurement, MeasureConfig};
 use crate::psf::{ImagePsf, Psf};
+use crate::psf_cache::CachedPsf;
 use crate::psf_model::{self, PsfConfig, PsfModel};
 use crate::reliability::{self, ReliabilityFeatures};
 use crate::stars::{self, Star, StarConfig};
@@ -301,14 +302,25 @@ fn difference_and_sources(
     let detections = clock.time("detect", || {
         detect::detect(&sub.difference, &sub.psf, &cfg.detect)
     });
+    // Grid caches of the PSFs (the difference PSF is a convolution per evaluation),
+    // shared by the measurement and the cutouts (`psf_cache_spacing` 0: no cache).
+    let sp = cfg.measure.psf_cache_spacing;
+    let diff_psf = CachedPsf::for_image(&sub.psf, w, h, sp);
+    let sci_psf_c = CachedPsf::for_image(sci_psf, w, h, sp);
+    // The warped template's PSF is one image (`ImagePsf`), the same everywhere.
+    let tmpl_psf_c = if sp > 0.0 {
+        CachedPsf::constant(&warped.psf, w, h)
+    } else {
+        CachedPsf::for_image(&warped.psf, w, h, sp)
+    };
     let measurements = clock.time("measure", || {
-        measure::measure_with_psfs(
+        measure::measure_with_cached_psfs(
             &sub.difference,
             &science,
             &warped.masked,
-            &sub.psf,
-            sci_psf,
-            &warped.psf,
+            &diff_psf,
+            &sci_psf_c,
+            &tmpl_psf_c,
             &wcs,
             &detections,
             &cfg.measure,
@@ -326,9 +338,9 @@ fn difference_and_sources(
                     &science,
                     &warped.masked,
                     &wcs,
-                    sci_psf,
-                    &warped.psf,
-                    &sub.psf,
+                    &sci_psf_c,
+                    &tmpl_psf_c,
+                    &diff_psf,
                     m.x,
                     m.y,
                     size,
