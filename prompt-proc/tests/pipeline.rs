@@ -364,6 +364,7 @@ fn failures_name_their_stage_and_reason() {
     // A 1024² detector has few bright stars: allow a PSF from 4.
     let mut cfg = PipelineConfig::default();
     cfg.psf.min_stars = 4;
+    cfg.psf.min_stars_per_term = 4;
 
     // No template tile: the warp stage reports no coverage.
     let e = process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &cfg).unwrap_err();
