@@ -248,7 +248,10 @@ struct Characterized {
 
 /// Background, bright stars, PSF model and PSF fluxes of a science image (in place:
 /// the background is subtracted).
-fn characterize(img: &mut MaskedImage, cfg: &PipelineConfig) -> Result<Characterized, ScienceError> {
+fn characterize(
+    img: &mut MaskedImage,
+    cfg: &PipelineConfig,
+) -> Result<Characterized, ScienceError> {
     let bg = background::estimate(img, &cfg.background)?;
     bg.subtract_from(img);
     let mut stars = stars::detect_stars(img, &cfg.stars);
@@ -471,8 +474,7 @@ pub fn process_calibrated(
                 let mjd = mjd.ok_or_else(|| {
                     ScienceError::BadInput("the science image has no MJD-OBS for the refcat".into())
                 })?;
-                let refs =
-                    refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
+                let refs = refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
                 let astro = fit_astrometry(&ch.stars, &header_wcs, &refs, mjd, &cfg.astrometry)?;
                 if in_njy {
                     return Ok((
@@ -561,9 +563,11 @@ fn relative_scale(
     psf_model::measure_psf_flux_with(&warped.masked, &warped.psf, &mut on_template, size);
     let mut ratios: Vec<f32> = on_template
         .iter()
-        .zip(ch.stars.iter().filter(|s| {
-            s.is_clean() && s.isolated && s.snr() >= cfg.kernel_candidate_min_snr
-        }))
+        .zip(
+            ch.stars
+                .iter()
+                .filter(|s| s.is_clean() && s.isolated && s.snr() >= cfg.kernel_candidate_min_snr),
+        )
         .filter(|(t, s)| {
             t.psf_flux.is_finite() && s.psf_flux.is_finite() && s.psf_flux > 0.0 && t.psf_flux > 0.0
         })
@@ -576,8 +580,7 @@ fn relative_scale(
             cfg.photometry.min_stars
         )));
     }
-    let (med, sigma) = crate::image::median_and_iqr_sigma(&mut ratios).ok_or_else(|| {
-        ScienceError::PhotoCalib("no usable star for a relative scale".into())
-    })?;
+    let (med, sigma) = crate::image::median_and_iqr_sigma(&mut ratios)
+        .ok_or_else(|| ScienceError::PhotoCalib("no usable star for a relative scale".into()))?;
     Ok((f64::from(med), f64::from(sigma) / (n as f64).sqrt()))
 }

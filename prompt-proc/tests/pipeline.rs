@@ -96,7 +96,11 @@ fn psf_flux_sigma(img: &MaskedImage, psf: &Image<f32>, x: f64, y: f64) -> f64 {
             }
         }
     }
-    if s > 0.0 { s.recip().sqrt() } else { f64::INFINITY }
+    if s > 0.0 {
+        s.recip().sqrt()
+    } else {
+        f64::INFINITY
+    }
 }
 
 #[derive(Debug, Default)]
@@ -146,12 +150,7 @@ fn score(run: &Run, s: &mut Score) {
             TruthKind::Injected | TruthKind::Supernova | TruthKind::FastTransient
         );
         let edge = 20.0;
-        if !is_new
-            || t.x < edge
-            || t.y < edge
-            || t.x > w as f64 - edge
-            || t.y > h as f64 - edge
-        {
+        if !is_new || t.x < edge || t.y < edge || t.x > w as f64 - edge || t.y > h as f64 - edge {
             continue;
         }
         let sigma = psf_flux_sigma(&r.difference, &r.difference_psf_centre, t.x, t.y);
@@ -189,7 +188,15 @@ fn score(run: &Run, s: &mut Score) {
             s.spurious_after_cut += 1;
             eprintln!(
                 "spurious: x {:.1} y {:.1} flux {:.0} snr {:.1} neg {} dipole {} rel {:.2} sci {:.0} tmpl {:.0}",
-                m.x, m.y, m.psf_flux, m.snr, m.is_negative, m.is_dipole, d.reliability, m.science_flux, m.template_flux
+                m.x,
+                m.y,
+                m.psf_flux,
+                m.snr,
+                m.is_negative,
+                m.is_dipole,
+                d.reliability,
+                m.science_flux,
+                m.template_flux
             );
         }
     }
@@ -215,7 +222,12 @@ fn simulated_detectors_meet_the_science_checks() {
         cfg.subtract.convolve = apflow_prompt_proc::subtract::ConvolveChoice::Template;
     }
     let mut s = Score::default();
-    for i in 0..night.visits().len().min(std::env::var("APFLOW_VISITS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)) {
+    for i in 0..night.visits().len().min(
+        std::env::var("APFLOW_VISITS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX),
+    ) {
         let run = run_visit(&night, i, &refs, &cfg);
         let r = &run.result;
         eprintln!(
@@ -228,6 +240,21 @@ fn simulated_detectors_meet_the_science_checks() {
             r.subtraction,
             r.template_coverage
         );
+        {
+            use apflow_prompt_proc::psf::Psf;
+            let (cx, cy) = (
+                r.difference.width() as f64 / 2.0,
+                r.difference.height() as f64 / 2.0,
+            );
+            let fw = |k: Image<f32>| apflow_prompt_proc::psf_model::fwhm_of_image(&k);
+            eprintln!(
+                "  psf: science fwhm {:.3} σ {:.3}; template fwhm {:.3} σ(moment) {:.3}",
+                fw(r.science_psf.kernel(cx, cy, 41)),
+                r.science_psf.sigma_at(cx, cy),
+                fw(r.template_psf.kernel(cx, cy, 41)),
+                r.template_psf.sigma_at(cx, cy)
+            );
+        }
         for t in &r.timings {
             eprintln!("  {:<12} {:7.1} ms", t.stage, t.seconds * 1e3);
         }
@@ -256,16 +283,29 @@ fn simulated_detectors_meet_the_science_checks() {
         s.astrometric_rms
     );
     for n in &s.noise_ratios {
-        assert!((0.95..=1.10).contains(n), "difference noise / propagated σ = {n}");
+        assert!(
+            (0.95..=1.10).contains(n),
+            "difference noise / propagated σ = {n}"
+        );
     }
     for a in &s.astrometric_rms {
         assert!(*a <= 0.05, "astrometric rms {a}″");
     }
-    assert!(s.bright_total >= 50, "too few bright transients to judge: {}", s.bright_total);
+    assert!(
+        s.bright_total >= 50,
+        "too few bright transients to judge: {}",
+        s.bright_total
+    );
     assert!(bright >= 0.95, "completeness at SNR ≥ 10: {bright}");
     assert!(faint >= 0.80, "completeness at SNR 6–10: {faint}");
-    assert!(spurious_4k <= 10.0, "spurious per 4096² after the cut: {spurious_4k}");
-    assert!((med_ratio - 1.0).abs() <= 0.02, "median PSF flux ratio {med_ratio}");
+    assert!(
+        spurious_4k <= 10.0,
+        "spurious per 4096² after the cut: {spurious_4k}"
+    );
+    assert!(
+        (med_ratio - 1.0).abs() <= 0.02,
+        "median PSF flux ratio {med_ratio}"
+    );
     assert!((0.9..=1.2).contains(&pull_std), "pull σ {pull_std}");
 }
 
@@ -289,7 +329,10 @@ fn failures_name_their_stage_and_reason() {
     // No template tile: the warp stage reports no coverage.
     let e = process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &cfg).unwrap_err();
     assert_eq!(e.stage, "warp", "{e}");
-    assert!(matches!(e.error, ScienceError::NoTemplateCoverage { .. }), "{e}");
+    assert!(
+        matches!(e.error, ScienceError::NoTemplateCoverage { .. }),
+        "{e}"
+    );
     assert_eq!(e.error.reason(), "no_template_coverage");
 
     // No reference stars: the WCS fit fails.
@@ -300,7 +343,11 @@ fn failures_name_their_stage_and_reason() {
     // Demanding more PSF stars than a detector has.
     let mut strict = cfg.clone();
     strict.psf.min_stars = 100_000;
-    let e = process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &strict).unwrap_err();
+    let e =
+        process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &strict).unwrap_err();
     assert_eq!(e.stage, "characterize", "{e}");
-    assert!(matches!(e.error, ScienceError::TooFewPsfStars { .. }), "{e}");
+    assert!(
+        matches!(e.error, ScienceError::TooFewPsfStars { .. }),
+        "{e}"
+    );
 }

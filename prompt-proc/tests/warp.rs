@@ -329,7 +329,14 @@ fn simulator_template_has_star_peaks_at_refcat_positions() {
         .filter(|t| selected.iter().any(|s| s.id == t.id))
         .map(|t| common::tile_from_sim(&night, t))
         .collect();
-    let out = warp_template(&tiles.iter().collect::<Vec<_>>(), &wcs, 2048, 2048, &WarpConfig::default()).unwrap();
+    let out = warp_template(
+        &tiles.iter().collect::<Vec<_>>(),
+        &wcs,
+        2048,
+        2048,
+        &WarpConfig::default(),
+    )
+    .unwrap();
     assert!(out.coverage > 0.999);
     let t_mean = night.template_epochs().iter().sum::<f64>() / night.template_epochs().len() as f64;
     let mut offsets = Vec::new();
@@ -398,7 +405,14 @@ fn timing_warp_4096() {
         .collect();
     for _ in 0..3 {
         let (t, c) = (std::time::Instant::now(), cpu_s());
-        let out = warp_template(&tiles.iter().collect::<Vec<_>>(), &wcs, 4096, 4096, &WarpConfig::default()).unwrap();
+        let out = warp_template(
+            &tiles.iter().collect::<Vec<_>>(),
+            &wcs,
+            4096,
+            4096,
+            &WarpConfig::default(),
+        )
+        .unwrap();
         eprintln!(
             "warp 4096² from {} tiles: wall {:?}, cpu {:.3} s, coverage {}",
             tiles.len(),

@@ -125,7 +125,13 @@ pub fn simulate(spec: &NightSpec, visit: usize) -> SimDetector {
     let plane = true_wcs.tangent_plane();
     let mut stars = Vec::new();
     for cell in sky::Cell::covering(centre, radius) {
-        let cat = sky::generate_cell(spec.seed, spec.profile, cell, night_mjd, spec.injected_density_deg2);
+        let cat = sky::generate_cell(
+            spec.seed,
+            spec.profile,
+            cell,
+            night_mjd,
+            spec.injected_density_deg2,
+        );
         for s in &cat.stars {
             let p: UnitVector = s.position(mjd);
             if let Some((x, y)) = true_wcs.unit_to_pixel(&plane, p)
