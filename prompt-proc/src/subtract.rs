@@ -61,7 +61,8 @@ use crate::convolve::{
 use crate::decorrelate::{decorrelation_kernel, phi_hat, second_moment};
 use crate::error::ScienceError;
 use crate::image::{Image, MaskedImage, mask, median_and_iqr_sigma};
-use crate::psf::Psf;
+use crate::psf::{FWHM_PER_SIGMA, Psf};
+use crate::psf_model::fwhm_of_image;
 use serde::Deserialize;
 
 /// Which input gets convolved.
@@ -694,8 +695,11 @@ pub fn subtract<'a>(
     }
     let t0 = std::time::Instant::now();
     let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
-    let sig_s = sci_psf.sigma_at(cx, cy);
-    let sig_t = tmpl_psf.sigma_at(cx, cy);
+    // One width measure for both PSFs (their `sigma_at` may differ in kind: half-maximum
+    // width for a fitted model, second moments for a stored image, which a faint wide
+    // wing inflates by tens of per cent).
+    let sig_s = half_max_sigma(sci_psf, cx, cy);
+    let sig_t = half_max_sigma(tmpl_psf, cx, cy);
     let convolved = match cfg.convolve {
         ConvolveChoice::Template => ConvolvedImage::Template,
         ConvolveChoice::Science => ConvolvedImage::Science,
@@ -905,6 +909,19 @@ pub fn subtract<'a>(
         decorrelation_kernel: phi,
         timings,
     })
+}
+
+/// Gaussian-equivalent σ (pixels) of `psf` at `(x, y)` from the half-maximum width of
+/// its pixel image, `FWHM / 2.3548`; falls back to `Psf::sigma_at` if that fails.
+fn half_max_sigma(psf: &dyn Psf, x: f64, y: f64) -> f64 {
+    let s = psf.sigma_at(x, y);
+    let half = ((4.0 * s).ceil() as usize).clamp(7, 40);
+    let f = fwhm_of_image(&psf.kernel(x, y, 2 * half + 1));
+    if f.is_finite() && f > 0.0 {
+        f / FWHM_PER_SIGMA
+    } else {
+        s
+    }
 }
 
 fn has_data(v: f32, m: u32) -> bool {
@@ -1139,5 +1156,48 @@ fn finish_planes(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::psf::{GaussianPsf, ImagePsf};
+
+    /// A round core + halo + wing mixture (weights 0.78, 0.19, 0.03; widths 1, 1.9,
+    /// 4.5 × `core`), like the simulated camera's PSF, as a pixel image.
+    fn mixture(core: f64, half: usize) -> ImagePsf {
+        let n = 2 * half + 1;
+        let mut img = Image::new(n, n);
+        for y in 0..n {
+            for x in 0..n {
+                let r2 = (x as f64 - half as f64).powi(2) + (y as f64 - half as f64).powi(2);
+                let v: f64 = [(0.78, 1.0), (0.19, 1.9), (0.03, 4.5)]
+                    .iter()
+                    .map(|&(w, f)| {
+                        let s = core * f;
+                        w / (s * s) * (-0.5 * r2 / (s * s)).exp()
+                    })
+                    .sum();
+                img.set(x, y, v as f32);
+            }
+        }
+        ImagePsf::new(img)
+    }
+
+    #[test]
+    fn width_comparison_ignores_the_wing() {
+        // The winged template is narrower at half maximum than the Gaussian science PSF,
+        // but its second moments say it is broader: the half-maximum widths must win.
+        let tmpl = mixture(1.6, 30);
+        let sci = GaussianPsf { sigma: 2.1 };
+        assert!(tmpl.sigma_at(0.0, 0.0) > sci.sigma_at(0.0, 0.0));
+        let (st, ss) = (
+            half_max_sigma(&tmpl, 0.0, 0.0),
+            half_max_sigma(&sci, 0.0, 0.0),
+        );
+        assert!(st < ss, "template {st} science {ss}");
+        // A Gaussian's half-maximum σ is its σ (plus the pixel box).
+        assert!((ss - 2.1).abs() < 0.06, "{ss}");
     }
 }

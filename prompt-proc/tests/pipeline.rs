@@ -292,6 +292,21 @@ fn simulated_detectors_meet_the_science_checks() {
             r.subtraction,
             r.template_coverage
         );
+        {
+            use apflow_prompt_proc::psf::Psf;
+            let (cx, cy) = (
+                r.difference.width() as f64 / 2.0,
+                r.difference.height() as f64 / 2.0,
+            );
+            let fw = |k: Image<f32>| apflow_prompt_proc::psf_model::fwhm_of_image(&k);
+            eprintln!(
+                "  psf: science fwhm {:.3} σ {:.3}; template fwhm {:.3} σ(moment) {:.3}",
+                fw(r.science_psf.kernel(cx, cy, 41)),
+                r.science_psf.sigma_at(cx, cy),
+                fw(r.template_psf.kernel(cx, cy, 41)),
+                r.template_psf.sigma_at(cx, cy)
+            );
+        }
         for t in &r.timings {
             eprintln!("  {:<12} {:7.1} ms", t.stage, t.seconds * 1e3);
         }
@@ -365,6 +380,7 @@ fn failures_name_their_stage_and_reason() {
     let mut cfg = PipelineConfig::default();
     cfg.psf.min_stars = 4;
     cfg.psf.min_stars_per_term = 4;
+    cfg.astrometry.min_matches = 4;
 
     // No template tile: the warp stage reports no coverage.
     let e = process_detector(std::slice::from_ref(&snap), &calibs, &[], &refs, &cfg).unwrap_err();
