@@ -358,11 +358,14 @@ fn without_grafana_variables(expr: &str) -> String {
         .replace("$__range", "1h")
 }
 
+/// A label matcher: label, whether it is an equality, value.
+type Matcher = (String, bool, String);
+
 /// What one expression uses: selectors (metric name, label matchers) and the labels it
 /// groups or matches on.
 #[derive(Debug, Default)]
 struct Uses {
-    selectors: Vec<(String, Vec<(String, bool, String)>)>,
+    selectors: Vec<(String, Vec<Matcher>)>,
     grouping: BTreeSet<String>,
 }
 
