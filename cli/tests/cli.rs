@@ -87,6 +87,17 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
         "{out}"
     );
     assert!(out.contains("100.0% within 60 s"), "{out}");
+    // Every detector reached the process stage: processed, or dead-lettered with the
+    // stage and reason (512² detectors have too few PSF stars).
+    let processed = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("processed"))
+        .unwrap_or_else(|| panic!("no process line: {out}"));
+    let n: Vec<usize> = processed
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(n[0] + n[1], 6, "{processed}");
     // The camera wrote real raw files that the ingest stage validated.
     let raws = walk(&dir.path().join("raw"));
     assert_eq!(raws.len(), 6, "{raws:?}");

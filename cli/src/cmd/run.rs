@@ -111,7 +111,11 @@ async fn account(publisher: EventPublisher, expected: usize) -> anyhow::Result<A
             }
             r = dlq.next() => {
                 let (l, d) = r?;
-                acc.dead_letters.push(l);
+                // Only ingest's refusals stand for images; the process stage's own
+                // dead letters are counted by the process stage.
+                if l.stage == "ingest" {
+                    acc.dead_letters.push(l);
+                }
                 d.ack();
             }
         }
