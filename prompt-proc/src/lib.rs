@@ -1,19 +1,14 @@
-//! Prompt processing stages of apflow: each stage is a function over images and
-//! catalogues (no I/O except [`calibrate::read_refcat_csv`]), composed per detector by
-//! the pipeline.
+//! Prompt processing of apflow: each stage is a function over images and catalogues
+//! (no I/O), composed per detector by [`pipeline`]; [`service`] and [`io`] do the file
+//! side.
 //!
 //! Shared types: [`image`] (images, mask planes, masked images), [`psf`] (the PSF
-//! interface), [`error`] (typed failures). Stages: [`association`] of DiaSources with
-//! DiaObjects and predicted solar-system positions, DiaObject summary statistics, and
-//! the choice of forced-photometry targets; [`detect`]ion, [`measure`]ment,
-//! [`reliability`] scoring and [`cutout`]s on the difference image; [`synth`]etic
-//! scenes for tests and benchmarks.
-//! interface), [`error`] (typed failures). Stages: image characterisation —
-//! [`background`] (sky mesh), [`stars`] (bright-source detection and measurement),
-//! [`psf_model`] (spatially varying pixel PSF, PSF photometry) — and [`calibrate`]
-//! (reference catalogue, astrometric and photometric calibration); [`association`] of
-//! DiaSources with DiaObjects and predicted solar-system positions, DiaObject summary
-//! statistics, and the choice of forced-photometry targets.
+//! interface), [`error`] (typed failures). Stages in order: [`isr`]; characterisation —
+//! [`background`], [`stars`], [`psf_model`]; [`calibrate`] (reference catalogue,
+//! astrometry, photometry); [`warp`] of the template; [`subtract`] (Alard–Lupton, with
+//! [`decorrelate`] and [`convolve`]); [`detect`]; [`measure`]; [`reliability`];
+//! [`cutout`]s. Besides: [`association`] of DiaSources with DiaObjects and predicted
+//! solar-system positions, [`fitsimage`] and [`catalog`] for `apflow diffim`.
 
 pub mod association;
 pub mod background;

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::background::{self, BackgroundConfig};
 use crate::calibrate::{
-    AstrometryConfig, PhotoCalib, PhotometryConfig, RefStar, fit_astrometry, fit_photometry,
-    refcat_in_detector,
+    AB_NJY_ZERO_POINT, AstrometryConfig, BANDS, PhotometryConfig, RefStar, fit_astrometry,
+    fit_photometry, refcat_in_detector,
 };
 use crate::cutout::{self, CutoutConfig, CutoutSet};
 use crate::detect::{self, DetectConfig};
@@ -36,10 +36,10 @@ use crate::measure::{self, DiaSourceMeasurement, MeasureConfig};
 use crate::psf::{ImagePsf, Psf};
 use crate::psf_cache::CachedPsf;
 use crate::psf_model::{self, PsfConfig, PsfModel};
-use crate::reliability::{self, ReliabilityFeatures};
+use crate::reliability::{LogisticModel, ReliabilityFeatures, ReliabilityModel};
 use crate::stars::{self, Star, StarConfig};
 use crate::subtract::{self, ConvolvedImage, SubtractConfig};
-use crate::warp::{self, WarpConfig};
+use crate::warp::{self, WarpConfig, WarpedTemplate};
 
 /// Every stage's settings (`[science]` in the apflow configuration).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,8 @@ pub struct PipelineConfig {
     pub measure: MeasureConfig,
     /// Cutouts.
     pub cutout: CutoutConfig,
+    /// Reliability model weights.
+    pub reliability: LogisticModel,
     /// Minimum aperture S/N of a star to be offered as a PSF-matching kernel candidate.
     pub kernel_candidate_min_snr: f64,
     /// DiaSources whose reliability is below this are kept but flagged
@@ -90,6 +92,7 @@ impl Default for PipelineConfig {
             detect: DetectConfig::default(),
             measure: MeasureConfig::default(),
             cutout: CutoutConfig::default(),
+            reliability: LogisticModel::default(),
             kernel_candidate_min_snr: 30.0,
             reliability_threshold: 0.5,
             refcat_margin_px: 50.0,
@@ -129,13 +132,16 @@ struct Clock {
 }
 
 impl Clock {
+    /// Runs `f`, adding its time to `stage` (a stage timed in several parts keeps one
+    /// entry, in the order it first ran).
     fn time<T>(&mut self, stage: &'static str, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
         let r = f();
-        self.times.push(StageTime {
-            stage,
-            seconds: t.elapsed().as_secs_f64(),
-        });
+        let seconds = t.elapsed().as_secs_f64();
+        match self.times.iter_mut().find(|s| s.stage == stage) {
+            Some(s) => s.seconds += seconds,
+            None => self.times.push(StageTime { stage, seconds }),
+        }
         r
     }
 }
@@ -237,7 +243,7 @@ impl DetectorResult {
 
 /// Index of a band in the reference catalogue's `u g r i z y` columns.
 pub fn band_index(band: &str) -> Option<usize> {
-    ["u", "g", "r", "i", "z", "y"]
+    BANDS
         .iter()
         .position(|b| b.eq_ignore_ascii_case(band.trim()))
 }
@@ -261,11 +267,16 @@ fn characterize(
     Ok(Characterized { stars, psf })
 }
 
-/// Positions of clean, isolated, bright stars for the kernel fit.
+/// A clean, isolated star bright enough to match PSFs or scale photometry on.
+fn is_kernel_star(s: &Star, min_snr: f64) -> bool {
+    s.is_clean() && s.isolated && s.snr() >= min_snr
+}
+
+/// Positions of the stars offered to the kernel fit.
 fn kernel_candidates(stars: &[Star], min_snr: f64) -> Vec<(f64, f64)> {
     stars
         .iter()
-        .filter(|s| s.is_clean() && s.isolated && s.snr() >= min_snr)
+        .filter(|s| is_kernel_star(s, min_snr))
         .map(|s| (s.x, s.y))
         .collect()
 }
@@ -277,17 +288,14 @@ fn difference_and_sources(
     science: MaskedImage,
     wcs: TanSipWcs,
     ch: Characterized,
-    tiles: &[&TemplateTile],
+    warped: WarpedTemplate,
     calibration: CalibrationSummary,
     cfg: &PipelineConfig,
 ) -> Result<DetectorResult, StageFailure> {
     let (w, h) = science.dims();
-    let warped = clock
-        .time("warp", || warp::warp_template(tiles, &wcs, w, h, &cfg.warp))
-        .map_err(StageFailure::at("warp"))?;
     let sci_psf = &ch.psf.model;
     let candidates = kernel_candidates(&ch.stars, cfg.kernel_candidate_min_snr);
-    let sub = clock
+    let mut sub = clock
         .time("subtract", || {
             subtract::subtract(
                 &science,
@@ -300,7 +308,9 @@ fn difference_and_sources(
         })
         .map_err(StageFailure::at("subtract"))?;
     let detections = clock.time("detect", || {
-        detect::detect(&sub.difference, &sub.psf, &cfg.detect)
+        let d = detect::detect(&sub.difference, &sub.psf, &cfg.detect);
+        d.apply_mask(&mut sub.difference.mask);
+        d
     });
     // Grid caches of the PSFs (the difference PSF is a convolution per evaluation),
     // shared by the measurement and the cutouts (`psf_cache_spacing` 0: no cache).
@@ -331,7 +341,7 @@ fn difference_and_sources(
             .into_iter()
             .map(|m| {
                 let f = ReliabilityFeatures::from_measurement(&m, &sub.difference);
-                let r = reliability::score(&f);
+                let r = cfg.reliability.score(&f);
                 let size = cutout::cutout_size_for(&m, &cfg.cutout);
                 let cut = cutout::extract(
                     &sub.difference,
@@ -403,40 +413,14 @@ pub fn process_detector(
     let out = clock
         .time("isr", || isr::run(snaps, calibs, &cfg.isr))
         .map_err(StageFailure::at("isr"))?;
-    let mut science = out.image;
-    let (w, h) = science.dims();
-    let ch = clock
-        .time("characterize", || characterize(&mut science, cfg))
-        .map_err(StageFailure::at("characterize"))?;
-    let band = out.meta.band.clone();
-    let header_wcs = out.meta.wcs.clone();
-    let mjd = out.mjd_mid;
-    let (wcs, photo, n_matched, rms) = clock
-        .time("calibrate", || -> Result<_, ScienceError> {
-            let refs = refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
-            let astro = fit_astrometry(&ch.stars, &header_wcs, &refs, mjd, &cfg.astrometry)?;
-            let bi = band_index(&band)
-                .ok_or_else(|| ScienceError::PhotoCalib(format!("unknown band {band:?}")))?;
-            let photo = fit_photometry(&ch.stars, &refs, &astro.matches, bi, &cfg.photometry)?;
-            Ok((astro.wcs, photo, astro.n_matched, astro.rms_arcsec))
-        })
-        .map_err(StageFailure::at("calibrate"))?;
-    let PhotoCalib {
-        njy_per_electron,
-        err,
-        zero_point_mag,
-        ..
-    } = photo;
-    science.scale(njy_per_electron as f32);
-    let calibration = CalibrationSummary {
-        astrometric_rms_arcsec: Some(rms),
-        n_matched,
-        scale_to_njy: njy_per_electron,
-        scale_err: err,
-        zero_point_mag: Some(zero_point_mag),
-        method: "refcat",
+    let science = CalibratedScience {
+        masked: out.image,
+        wcs: out.meta.wcs,
+        band: Some(out.meta.band),
+        mjd: Some(out.mjd_mid),
+        in_njy: false,
     };
-    difference_and_sources(&mut clock, science, wcs, ch, tiles, calibration, cfg)
+    calibrated_to_sources(&mut clock, science, tiles, Some(refcat), cfg)
 }
 
 /// A calibrated science image for [`process_calibrated`].
@@ -455,7 +439,7 @@ pub struct CalibratedScience {
     pub in_njy: bool,
 }
 
-/// Steps 2–10 on a calibrated science image and a template with its own WCS (not
+/// Steps 2–10 on a calibrated science image and template tiles with their own WCS (not
 /// necessarily on the science grid): what `apflow diffim` runs.
 ///
 /// With a reference catalogue the WCS is refined and the zero point fitted (the
@@ -464,11 +448,21 @@ pub struct CalibratedScience {
 /// ratio of PSF fluxes of bright isolated stars measured on both.
 pub fn process_calibrated(
     science: CalibratedScience,
-    template: &TemplateTile,
+    templates: &[&TemplateTile],
     refcat: Option<&[RefStar]>,
     cfg: &PipelineConfig,
 ) -> Result<DetectorResult, StageFailure> {
-    let mut clock = Clock::default();
+    calibrated_to_sources(&mut Clock::default(), science, templates, refcat, cfg)
+}
+
+/// Steps 2–10, shared by [`process_detector`] (after ISR) and [`process_calibrated`].
+fn calibrated_to_sources(
+    clock: &mut Clock,
+    science: CalibratedScience,
+    templates: &[&TemplateTile],
+    refcat: Option<&[RefStar]>,
+    cfg: &PipelineConfig,
+) -> Result<DetectorResult, StageFailure> {
     let CalibratedScience {
         masked: mut img,
         wcs: header_wcs,
@@ -480,110 +474,82 @@ pub fn process_calibrated(
     let ch = clock
         .time("characterize", || characterize(&mut img, cfg))
         .map_err(StageFailure::at("characterize"))?;
-    let (wcs, calibration) = clock
+    // Astrometry: against the refcat when there is one, else the header WCS.
+    let astrometry = clock
         .time("calibrate", || -> Result<_, ScienceError> {
-            if let Some(refcat) = refcat {
-                let mjd = mjd.ok_or_else(|| {
-                    ScienceError::BadInput("the science image has no MJD-OBS for the refcat".into())
-                })?;
-                let refs = refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
-                let astro = fit_astrometry(&ch.stars, &header_wcs, &refs, mjd, &cfg.astrometry)?;
-                if in_njy {
-                    return Ok((
-                        astro.wcs,
-                        CalibrationSummary {
-                            astrometric_rms_arcsec: Some(astro.rms_arcsec),
-                            n_matched: astro.n_matched,
-                            scale_to_njy: 1.0,
-                            scale_err: 0.0,
-                            zero_point_mag: Some(31.4),
-                            method: "unit",
-                        },
-                    ));
-                }
+            let Some(refcat) = refcat else {
+                return Ok(None);
+            };
+            let mjd = mjd.ok_or_else(|| {
+                ScienceError::BadInput("the science image has no MJD-OBS for the refcat".into())
+            })?;
+            let refs = refcat_in_detector(refcat, &header_wcs, w, h, cfg.refcat_margin_px, mjd);
+            let astro = fit_astrometry(&ch.stars, &header_wcs, &refs, mjd, &cfg.astrometry)?;
+            Ok(Some((refs, astro)))
+        })
+        .map_err(StageFailure::at("calibrate"))?;
+    let wcs = astrometry
+        .as_ref()
+        .map_or_else(|| header_wcs.clone(), |(_, a)| a.wcs.clone());
+    let warped = clock
+        .time("warp", || {
+            warp::warp_template(templates, &wcs, w, h, &cfg.warp)
+        })
+        .map_err(StageFailure::at("warp"))?;
+    // Photometry: the unit already, the refcat's zero point, or relative to the template.
+    let (scale_to_njy, scale_err, zero_point_mag, method) = clock
+        .time("calibrate", || -> Result<_, ScienceError> {
+            if in_njy {
+                return Ok((1.0, 0.0, Some(AB_NJY_ZERO_POINT), "unit"));
+            }
+            if let Some((refs, astro)) = &astrometry {
                 let band = band.as_deref().unwrap_or_default();
                 let bi = band_index(band).ok_or_else(|| {
                     ScienceError::PhotoCalib(format!("unknown band {band:?} for the refcat"))
                 })?;
-                let p = fit_photometry(&ch.stars, &refs, &astro.matches, bi, &cfg.photometry)?;
-                return Ok((
-                    astro.wcs,
-                    CalibrationSummary {
-                        astrometric_rms_arcsec: Some(astro.rms_arcsec),
-                        n_matched: astro.n_matched,
-                        scale_to_njy: p.njy_per_electron,
-                        scale_err: p.err,
-                        zero_point_mag: Some(p.zero_point_mag),
-                        method: "refcat",
-                    },
-                ));
+                let p = fit_photometry(&ch.stars, refs, &astro.matches, bi, &cfg.photometry)?;
+                return Ok((p.njy_per_electron, p.err, Some(p.zero_point_mag), "refcat"));
             }
-            if in_njy {
-                return Ok((
-                    header_wcs.clone(),
-                    CalibrationSummary {
-                        astrometric_rms_arcsec: None,
-                        n_matched: 0,
-                        scale_to_njy: 1.0,
-                        scale_err: 0.0,
-                        zero_point_mag: Some(31.4),
-                        method: "unit",
-                    },
-                ));
-            }
-            let (scale, err) = relative_scale(&ch, &header_wcs, template, w, h, cfg)?;
-            Ok((
-                header_wcs.clone(),
-                CalibrationSummary {
-                    astrometric_rms_arcsec: None,
-                    n_matched: 0,
-                    scale_to_njy: scale,
-                    scale_err: err,
-                    zero_point_mag: None,
-                    method: "relative",
-                },
-            ))
+            let (scale, err) = relative_scale(&ch, &img, &warped, cfg)?;
+            Ok((scale, err, None, "relative"))
         })
         .map_err(StageFailure::at("calibrate"))?;
-    img.scale(calibration.scale_to_njy as f32);
-    let mut ch = ch;
-    for s in &mut ch.stars {
-        s.psf_flux *= calibration.scale_to_njy;
-        s.psf_flux_err *= calibration.scale_to_njy;
-    }
-    difference_and_sources(&mut clock, img, wcs, ch, &[template], calibration, cfg)
+    let calibration = CalibrationSummary {
+        astrometric_rms_arcsec: astrometry.as_ref().map(|(_, a)| a.rms_arcsec),
+        n_matched: astrometry.as_ref().map_or(0, |(_, a)| a.n_matched),
+        scale_to_njy,
+        scale_err,
+        zero_point_mag,
+        method,
+    };
+    img.scale(scale_to_njy as f32);
+    difference_and_sources(clock, img, wcs, ch, warped, calibration, cfg)
 }
 
-/// Median ratio (template PSF flux / science PSF flux) of bright isolated stars, and
-/// its error from the scatter.
+/// Median ratio (template flux / science flux) of bright isolated stars in a circular
+/// aperture of 3 FWHM of the broader PSF (so neither image's PSF model enters), and its
+/// error from the scatter.
 fn relative_scale(
     ch: &Characterized,
-    wcs: &TanSipWcs,
-    template: &TemplateTile,
-    w: usize,
-    h: usize,
+    science: &MaskedImage,
+    warped: &WarpedTemplate,
     cfg: &PipelineConfig,
 ) -> Result<(f64, f64), ScienceError> {
-    let warped = warp::warp_template(&[template], wcs, w, h, &cfg.warp)?;
-    let mut on_template: Vec<Star> = ch
+    let (cx, cy) = (
+        0.5 * (warped.masked.width() as f64 - 1.0),
+        0.5 * (warped.masked.height() as f64 - 1.0),
+    );
+    let fwhm = ch.psf.model.fwhm_at(cx, cy).max(warped.psf.fwhm_at(cx, cy));
+    let r = 3.0 * fwhm;
+    let mut ratios: Vec<f32> = ch
         .stars
         .iter()
-        .filter(|s| s.is_clean() && s.isolated && s.snr() >= cfg.kernel_candidate_min_snr)
-        .cloned()
-        .collect();
-    let size = ch.psf.model.size();
-    psf_model::measure_psf_flux_with(&warped.masked, &warped.psf, &mut on_template, size);
-    let mut ratios: Vec<f32> = on_template
-        .iter()
-        .zip(
-            ch.stars
-                .iter()
-                .filter(|s| s.is_clean() && s.isolated && s.snr() >= cfg.kernel_candidate_min_snr),
-        )
-        .filter(|(t, s)| {
-            t.psf_flux.is_finite() && s.psf_flux.is_finite() && s.psf_flux > 0.0 && t.psf_flux > 0.0
+        .filter(|s| is_kernel_star(s, cfg.kernel_candidate_min_snr))
+        .filter_map(|s| {
+            let (t, _, _, tf) = stars::aperture(&warped.masked, s.x, s.y, r);
+            let (f, _, _, sf) = stars::aperture(science, s.x, s.y, r);
+            (tf == 0 && sf == 0 && t > 0.0 && f > 0.0).then(|| (t / f) as f32)
         })
-        .map(|(t, s)| (t.psf_flux / s.psf_flux) as f32)
         .collect();
     let n = ratios.len();
     if n < cfg.photometry.min_stars {

@@ -170,7 +170,7 @@ pub trait ReliabilityModel: Send + Sync + std::fmt::Debug {
 }
 
 /// The documented logistic model of the module doc; every weight is a field.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogisticModel {
     /// Bias.

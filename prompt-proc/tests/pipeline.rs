@@ -14,7 +14,9 @@ use apflow_prompt_proc::calibrate::RefStar;
 use apflow_prompt_proc::error::ScienceError;
 use apflow_prompt_proc::image::{Image, MaskedImage, mask, median_and_iqr_sigma};
 use apflow_prompt_proc::io::TemplateTile;
-use apflow_prompt_proc::pipeline::{DetectorResult, PipelineConfig, process_detector};
+use apflow_prompt_proc::pipeline::{
+    CalibratedScience, DetectorResult, PipelineConfig, process_calibrated, process_detector,
+};
 use apflow_prompt_proc::warp::select_tiles;
 use apflow_sim::{Night, NightSpec, Profile, TruthKind, TruthRow};
 use common::{calibs_from_sim, raw_from_sim, tile_from_sim, tile_info};
@@ -54,6 +56,7 @@ fn refcat(night: &Night) -> Vec<RefStar> {
 struct Run {
     result: DetectorResult,
     truth: Vec<TruthRow>,
+    tiles: Vec<TemplateTile>,
 }
 
 fn run_visit(night: &Night, i: usize, refs: &[RefStar], cfg: &PipelineConfig) -> Run {
@@ -78,6 +81,7 @@ fn run_visit(night: &Night, i: usize, refs: &[RefStar], cfg: &PipelineConfig) ->
     Run {
         result,
         truth: night.truth(i, d).unwrap(),
+        tiles,
     }
 }
 
@@ -116,7 +120,6 @@ struct Score {
     pulls: Vec<f32>,
     noise_ratios: Vec<f64>,
     astrometric_rms: Vec<f64>,
-    dump: Option<std::fs::File>,
 }
 
 fn near(t: &TruthRow, x: f64, y: f64) -> bool {
@@ -159,46 +162,6 @@ fn score(run: &Run, s: &mut Score) {
         let found = r
             .reliable()
             .find(|d| !d.measurement.is_negative && near(t, d.measurement.x, d.measurement.y));
-        if let Some(f) = s.dump.as_mut() {
-            use std::io::Write;
-            let any = r
-                .sources
-                .iter()
-                .filter(|d| !d.measurement.is_negative && near(t, d.measurement.x, d.measurement.y))
-                .max_by(|a, b| a.reliability.total_cmp(&b.reliability));
-            let (rel, msnr, mflux, merr, sig, chi, sci, ap) =
-                any.map_or((-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), |d| {
-                    let m = &d.measurement;
-                    (
-                        d.reliability,
-                        m.snr,
-                        m.psf_flux,
-                        m.psf_flux_err,
-                        m.significance,
-                        m.psf_chi2 / (m.psf_ndata as f64 - 3.0),
-                        m.science_flux,
-                        m.ap_flux,
-                    )
-                });
-            let _ = writeln!(
-                f,
-                "{:?},{:.2},{:.2},{:.1},{:.2},{:.3},{:.2},{:.1},{:.1},{:.2},{:.2},{:.1},{:.1},{:.1}",
-                t.kind,
-                t.x,
-                t.y,
-                t.diff_flux_njy,
-                snr,
-                rel,
-                msnr,
-                mflux,
-                merr,
-                sig,
-                chi,
-                sci,
-                ap,
-                t.template_flux_njy
-            );
-        }
         if snr >= 10.0 {
             s.bright_total += 1;
             s.bright_found += usize::from(found.is_some());
@@ -258,28 +221,9 @@ fn std(v: &[f32]) -> f32 {
 fn simulated_detectors_meet_the_science_checks() {
     let night = Night::new(&spec()).unwrap();
     let refs = refcat(&night);
-    let mut cfg = PipelineConfig::default();
-    if std::env::var("APFLOW_CONVOLVE").as_deref() == Ok("template") {
-        cfg.subtract.convolve = apflow_prompt_proc::subtract::ConvolveChoice::Template;
-    }
-    if let Some(v) = std::env::var("APFLOW_PSF_CACHE_SPACING")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        cfg.measure.psf_cache_spacing = v;
-    }
-    let mut s = Score {
-        dump: std::env::var("APFLOW_DUMP")
-            .ok()
-            .and_then(|p| std::fs::File::create(p).ok()),
-        ..Score::default()
-    };
-    for i in 0..night.visits().len().min(
-        std::env::var("APFLOW_VISITS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(usize::MAX),
-    ) {
+    let cfg = PipelineConfig::default();
+    let mut s = Score::default();
+    for i in 0..night.visits().len() {
         let run = run_visit(&night, i, &refs, &cfg);
         let r = &run.result;
         eprintln!(
@@ -292,21 +236,6 @@ fn simulated_detectors_meet_the_science_checks() {
             r.subtraction,
             r.template_coverage
         );
-        {
-            use apflow_prompt_proc::psf::Psf;
-            let (cx, cy) = (
-                r.difference.width() as f64 / 2.0,
-                r.difference.height() as f64 / 2.0,
-            );
-            let fw = |k: Image<f32>| apflow_prompt_proc::psf_model::fwhm_of_image(&k);
-            eprintln!(
-                "  psf: science fwhm {:.3} σ {:.3}; template fwhm {:.3} σ(moment) {:.3}",
-                fw(r.science_psf.kernel(cx, cy, 41)),
-                r.science_psf.sigma_at(cx, cy),
-                fw(r.template_psf.kernel(cx, cy, 41)),
-                r.template_psf.sigma_at(cx, cy)
-            );
-        }
         for t in &r.timings {
             eprintln!("  {:<12} {:7.1} ms", t.stage, t.seconds * 1e3);
         }
@@ -411,5 +340,57 @@ fn failures_name_their_stage_and_reason() {
     assert!(
         matches!(e.error, ScienceError::TooFewPsfStars { .. }),
         "{e}"
+    );
+}
+
+/// `process_calibrated` (what `apflow diffim` runs) on the calibrated science image of
+/// the raw path, given in an arbitrary unit and without a refcat: the relative scale to
+/// the template recovers that unit, and the difference is as clean as the raw path's.
+#[test]
+fn the_calibrated_path_recovers_the_scale_and_the_sources() {
+    let night = Night::new(&NightSpec {
+        visits: 1,
+        ..spec()
+    })
+    .unwrap();
+    let refs = refcat(&night);
+    let cfg = PipelineConfig::default();
+    let run = run_visit(&night, 0, &refs, &cfg);
+    let r = &run.result;
+    let k = 0.55f32;
+    let mut masked = r.science.clone();
+    masked.scale(1.0 / k);
+    let science = CalibratedScience {
+        masked,
+        wcs: r.wcs.clone(),
+        band: None,
+        mjd: None,
+        in_njy: false,
+    };
+    let tiles: Vec<&TemplateTile> = run.tiles.iter().collect();
+    let c = process_calibrated(science, &tiles, None, &cfg).unwrap();
+    assert_eq!(c.calibration.method, "relative");
+    let ratio = c.calibration.scale_to_njy / f64::from(k);
+    assert!(
+        (ratio - 1.0).abs() < 0.02,
+        "relative scale {ratio} of the true unit"
+    );
+    let (w, h) = c.difference.dims();
+    let skip = mask::UNUSABLE | mask::INTRP;
+    let mut z: Vec<f32> = (0..w * h)
+        .step_by(7)
+        .filter(|&i| c.difference.mask.data()[i] & skip == 0)
+        .map(|i| c.difference.image.data()[i] / c.difference.variance.data()[i].sqrt())
+        .collect();
+    let sigma = median_and_iqr_sigma(&mut z).unwrap().1;
+    assert!(
+        (0.95..=1.10).contains(&sigma),
+        "difference noise ratio {sigma}"
+    );
+    let (a, b) = (r.reliable().count() as f64, c.reliable().count() as f64);
+    eprintln!("raw path {a} reliable DiaSources, calibrated path {b}; scale ratio {ratio:.4}");
+    assert!(
+        (b - a).abs() <= 0.1 * a,
+        "{b} reliable DiaSources against {a}"
     );
 }

@@ -76,7 +76,7 @@ pub fn run(args: DiffimArgs, config: &AppConfig) -> anyhow::Result<()> {
     } else {
         tmpl.unit.clone()
     };
-    let result = process_calibrated(science, &template, refcat.as_deref(), &config.science)?;
+    let result = process_calibrated(science, &[&template], refcat.as_deref(), &config.science)?;
 
     std::fs::create_dir_all(&args.out)?;
     let diff_path = args.out.join("difference.fits");

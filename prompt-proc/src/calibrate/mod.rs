@@ -7,5 +7,5 @@ pub mod photometry;
 pub mod refcat;
 
 pub use astrometry::{AstroMatch, AstrometricFit, AstrometryConfig, fit_astrometry};
-pub use photometry::{PhotoCalib, PhotometryConfig, fit_photometry};
-pub use refcat::{RefStar, read_refcat_csv, refcat_in_detector};
+pub use photometry::{AB_NJY_ZERO_POINT, PhotoCalib, PhotometryConfig, fit_photometry};
+pub use refcat::{BANDS, RefStar, read_refcat_csv, refcat_in_detector};

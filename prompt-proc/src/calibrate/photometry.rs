@@ -16,6 +16,9 @@ use super::refcat::RefStar;
 use crate::error::ScienceError;
 use crate::stars::{Star, flags};
 
+/// AB magnitude of 1 nJy (AB magnitude 31.4 = 1 nJy).
+pub const AB_NJY_ZERO_POINT: f64 = 31.4;
+
 /// Tunables of [`fit_photometry`].
 #[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -125,7 +128,7 @@ pub fn fit_photometry(
     Ok(PhotoCalib {
         njy_per_electron: k,
         err: k * err_ln,
-        zero_point_mag: 31.4 - 2.5 * k.log10(),
+        zero_point_mag: AB_NJY_ZERO_POINT - 2.5 * k.log10(),
         n_stars: n,
     })
 }

@@ -13,7 +13,7 @@ use apflow_core::wcs::TanSipWcs;
 use crate::error::ScienceError;
 
 /// Band names in the order of [`RefStar::flux_njy`].
-pub const BANDS: [&str; 6] = ["u", "g", "r", "i", "z", "y"];
+pub use apflow_apdb::schema::BANDS;
 
 /// Days per Julian year (proper motions are per Julian year).
 const DAYS_PER_YEAR: f64 = 365.25;
