@@ -956,25 +956,10 @@ fn merge_dipoles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::{DoubleGaussianPsf, Rng, add_psf, noise_image};
+    use crate::synth::{DoubleGaussianPsf, Rng, add_psf, flux_for_snr, noise_image};
 
     fn psf(w: usize, h: usize) -> DoubleGaussianPsf {
-        DoubleGaussianPsf {
-            sigma: 1.7,
-            halo_ratio: 2.0,
-            halo_frac: 0.1,
-            gx: 0.1,
-            gy: -0.05,
-            width: w as f64,
-            height: h as f64,
-        }
-    }
-
-    /// Flux of a point source with PSF-fit S/N `snr` in white noise `sn`.
-    fn flux_for_snr(p: &dyn Psf, x: f64, y: f64, snr: f64, sn: f64) -> f64 {
-        let k = p.kernel(x, y, 31);
-        let s2: f64 = k.data().iter().map(|&v| (v as f64).powi(2)).sum();
-        snr * sn / s2.sqrt()
+        DoubleGaussianPsf::demo(w, h)
     }
 
     #[test]
@@ -1177,89 +1162,6 @@ mod tests {
     impl Default for GaussianPsfForTest {
         fn default() -> Self {
             Self(crate::psf::GaussianPsf { sigma: 1.7 })
-        }
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    /// CPU time of this thread, seconds (from /proc, 10 ms ticks).
-    fn cpu_seconds() -> f64 {
-        let s = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-        let f: Vec<&str> = s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    }
-
-    #[test]
-    #[ignore]
-    fn detect_cpu_time() {
-        let n = 4096;
-        let img = crate::synth::noise_image(n, n, 1.0, 1);
-        let p = crate::psf::GaussianPsf { sigma: 1.94 };
-        let cfg = DetectConfig::default();
-        let _ = detect(&img, &p, &cfg);
-        let (c0, t0) = (cpu_seconds(), std::time::Instant::now());
-        for _ in 0..20 {
-            std::hint::black_box(detect(&img, &p, &cfg));
-        }
-        eprintln!(
-            "detect 4096²: {:.1} ms CPU, {:.1} ms wall per call",
-            (cpu_seconds() - c0) * 1000.0 / 20.0,
-            t0.elapsed().as_secs_f64() * 1000.0 / 20.0
-        );
-    }
-
-    #[test]
-    #[ignore]
-    fn stage_timings() {
-        let n = 4096;
-        let img = crate::synth::noise_image(n, n, 1.0, 1);
-        let cfg = DetectConfig::default();
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let t0 = t.elapsed();
-            let s = significance(&img, 2, 0.99, &cfg);
-            let t1 = t.elapsed();
-            let c = components(&s, 5.0);
-            let t2 = t.elapsed();
-            let mut sample: Vec<f32> = Vec::with_capacity(n * n / 21 + 16);
-            for y in (0..n / 2).step_by(3) {
-                sample.extend(s.row(y).iter().step_by(7).copied().filter(|&v| v != 0.0));
-            }
-            let _ = crate::image::median_and_iqr_sigma(&mut sample);
-            let t3 = t.elapsed();
-            let p = crate::psf::GaussianPsf { sigma: 1.94 };
-            let t = std::time::Instant::now();
-            let d = detect(&img, &p, &cfg);
-            eprintln!(
-                "detect {:?} ({} footprints)",
-                t.elapsed(),
-                d.footprints.len()
-            );
-            eprintln!("bin {t0:?}");
-            eprintln!("sig {t1:?} comps {t2:?} ({}) sample {t3:?}", c.len());
-            let taps = gauss_taps(1.94, 7);
-            let pad = vec![1.0f32; n + 14];
-            let mut dst = vec![0.0f32; n];
-            let t = std::time::Instant::now();
-            for _ in 0..n {
-                row_filter(&pad, &taps, &mut dst);
-            }
-            eprintln!("row filters {:?}", t.elapsed());
-            let ring = vec![1.0f32; 15 * n];
-            let t = std::time::Instant::now();
-            for y in 0..n {
-                column_pass(&ring, &taps, y, 7, n, n, 15, &pad[..n], &mut dst);
-            }
-            eprintln!("column passes {:?}", t.elapsed());
         }
     }
 }

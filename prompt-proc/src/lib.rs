@@ -32,6 +32,8 @@ pub mod reliability;
 pub mod service;
 pub mod stars;
 pub mod subtract;
+/// Synthetic scenes for tests and benches (feature `synth`).
+#[cfg(any(test, feature = "synth"))]
 pub mod synth;
 pub mod warp;
 

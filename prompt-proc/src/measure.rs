@@ -1434,28 +1434,14 @@ pub fn psf_fwhm_at(psf: &dyn Psf, m: &DiaSourceMeasurement) -> f64 {
 mod tests {
     use super::*;
     use crate::detect::{DetectConfig, detect};
-    use crate::synth::{DoubleGaussianPsf, Rng, add_psf, add_trail, noise_image};
+    use crate::synth::{DoubleGaussianPsf, Rng, add_psf, add_trail, flux_for_snr, noise_image};
 
     fn psf(w: usize, h: usize) -> DoubleGaussianPsf {
-        DoubleGaussianPsf {
-            sigma: 1.7,
-            halo_ratio: 2.0,
-            halo_frac: 0.1,
-            gx: 0.1,
-            gy: -0.05,
-            width: w as f64,
-            height: h as f64,
-        }
+        DoubleGaussianPsf::demo(w, h)
     }
 
     fn wcs() -> TanSipWcs {
         TanSipWcs::tan([150.0, 2.0], [512.0, 512.0], 0.2, 30.0)
-    }
-
-    fn flux_for_snr(p: &dyn Psf, x: f64, y: f64, snr: f64, sn: f64) -> f64 {
-        let k = p.kernel(x, y, 31);
-        let s2: f64 = k.data().iter().map(|&v| (v as f64).powi(2)).sum();
-        snr * sn / s2.sqrt()
     }
 
     /// `science − template` with the summed variance.
@@ -1789,69 +1775,6 @@ mod tests {
                 &MeasureConfig::default()
             )
             .is_empty()
-        );
-    }
-
-    /// CPU time of this thread, seconds (from /proc, 10 ms ticks).
-    fn cpu_seconds() -> f64 {
-        let s = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-        let f: Vec<&str> = s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    }
-
-    #[test]
-    #[ignore]
-    fn chain_cpu_time_4096() {
-        use crate::cutout::{CutoutConfig, cutout_size_for, extract};
-        use crate::reliability::{ReliabilityFeatures, score};
-        let s = crate::synth::demo_scene(4096);
-        let (dc, mc, cc) = (
-            DetectConfig::default(),
-            MeasureConfig::default(),
-            CutoutConfig::default(),
-        );
-        let reps = 10;
-        let (mut td, mut tm, mut tr) = (0.0, 0.0, 0.0);
-        let mut n = 0;
-        for _ in 0..reps {
-            let c0 = cpu_seconds();
-            let det = detect(&s.diff, &s.psf, &dc);
-            let c1 = cpu_seconds();
-            let ms = measure(&s.diff, &s.science, &s.template, &s.psf, &s.wcs, &det, &mc);
-            let c2 = cpu_seconds();
-            for m in &ms {
-                let _ = score(&ReliabilityFeatures::from_measurement(m, &s.diff));
-                let _ = extract(
-                    &s.diff,
-                    &s.science,
-                    &s.template,
-                    &s.wcs,
-                    &s.psf,
-                    &s.psf,
-                    &s.psf,
-                    m.x,
-                    m.y,
-                    cutout_size_for(m, &cc),
-                );
-            }
-            let c3 = cpu_seconds();
-            td += c1 - c0;
-            tm += c2 - c1;
-            tr += c3 - c2;
-            n = ms.len();
-        }
-        let k = 1000.0 / reps as f64;
-        eprintln!(
-            "4096², {n} sources, CPU ms per call: detect {:.1}, measure {:.1}, score+cutouts {:.1}",
-            td * k,
-            tm * k,
-            tr * k
         );
     }
 }

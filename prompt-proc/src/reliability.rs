@@ -271,15 +271,7 @@ mod tests {
     use apflow_core::wcs::TanSipWcs;
 
     fn psf(w: usize, h: usize) -> DoubleGaussianPsf {
-        DoubleGaussianPsf {
-            sigma: 1.7,
-            halo_ratio: 2.0,
-            halo_frac: 0.1,
-            gx: 0.1,
-            gy: -0.05,
-            width: w as f64,
-            height: h as f64,
-        }
+        DoubleGaussianPsf::demo(w, h)
     }
 
     fn wcs() -> TanSipWcs {
@@ -287,9 +279,7 @@ mod tests {
     }
 
     fn flux_for_snr(p: &dyn Psf, snr: f64, sn: f64) -> f64 {
-        let k = p.kernel(500.0, 500.0, 31);
-        let s2: f64 = k.data().iter().map(|&v| (v as f64).powi(2)).sum();
-        snr * sn / s2.sqrt()
+        crate::synth::flux_for_snr(p, 500.0, 500.0, snr, sn)
     }
 
     /// Scores of every measured source: `(x, y, score, measurement S/N)`.

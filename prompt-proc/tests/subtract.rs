@@ -5,7 +5,7 @@ use apflow_prompt_proc::ScienceError;
 use apflow_prompt_proc::convolve::{convolve_full, crop_centre};
 use apflow_prompt_proc::decorrelate::second_moment;
 use apflow_prompt_proc::image::{Image, MaskedImage, mask, median_and_iqr_sigma};
-use apflow_prompt_proc::psf::{FWHM_PER_SIGMA, GaussianPsf, Psf};
+use apflow_prompt_proc::psf::{GaussianPsf, Psf};
 use apflow_prompt_proc::subtract::{ConvolvedImage, SubtractConfig, Subtraction, subtract};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -172,6 +172,8 @@ struct Checks {
     n_stars: usize,
     flux_ratio: f32,
     pull_sigma: f32,
+    /// Robust σ of forced-photometry pulls at blank positions.
+    blank_pull_sigma: f32,
 }
 
 fn check(sc: &Scene, sub: &Subtraction<'_>) -> Checks {
@@ -247,6 +249,7 @@ fn check(sc: &Scene, sub: &Subtraction<'_>) -> Checks {
         n_stars: n,
         flux_ratio,
         pull_sigma,
+        blank_pull_sigma,
     }
 }
 
@@ -318,6 +321,12 @@ fn template_narrower_convolves_the_template() {
     assert_eq!(sub.convolved, ConvolvedImage::Template);
     assert!(sub.decorrelated);
     let c = check(&sc, &sub);
+    // Decorrelated noise: PSF photometry on blank sky has unit pulls.
+    assert!(
+        (0.9..=1.15).contains(&c.blank_pull_sigma),
+        "{}",
+        c.blank_pull_sigma
+    );
     assert_kernel(&sub, &sc.sci_psf, &sc.tmpl_psf, SCALE);
     let bg_err = [(511.5, 511.5), (150.0, 850.0), (850.0, 150.0)]
         .iter()
@@ -348,7 +357,6 @@ fn template_narrower_convolves_the_template() {
     let p = sub.psf.kernel(511.5, 511.5, 31);
     let s: f32 = p.data().iter().sum();
     assert!((s - 1.0).abs() < 1e-3, "{s}");
-    let _ = FWHM_PER_SIGMA;
 }
 
 #[test]
@@ -366,6 +374,11 @@ fn science_narrower_convolves_the_science() {
     .unwrap();
     assert_eq!(sub.convolved, ConvolvedImage::Science);
     let c = check(&sc, &sub);
+    assert!(
+        (0.9..=1.15).contains(&c.blank_pull_sigma),
+        "{}",
+        c.blank_pull_sigma
+    );
     assert_kernel(&sub, &sc.tmpl_psf, &sc.sci_psf, 1.0 / SCALE);
     eprintln!(
         "science mode: stamps {} used {} rejected, rms {:.3}, ksum {:.4}, bg {:.3}, \
