@@ -1,0 +1,22 @@
+//! Alert distribution: everything between a detector's associated DiaSources and the
+//! bytes a community broker decodes.
+//!
+//! * [`wire`] — the Confluent wire format (magic byte 0, 4-byte big-endian schema id)
+//!   and schema ids (major × 100 + minor).
+//! * [`schema`] — the alert writer schema, generated from the APDB schema definition
+//!   (`apflow_apdb::schema`) and readable with Rubin's `lsst.v11_0` as reader schema.
+//! * [`fits`] — cutouts as in-memory FITS files (flux in nJy, variance, mask, local
+//!   WCS, PSF).
+//! * [`packet`] — assembling one alert per DiaSource and serialising it.
+//! * [`registry`] — the read-only, Confluent-compatible schema registry over HTTP,
+//!   and registration in an external one.
+//! * [`producer`] — Kafka distribution (feature `kafka`).
+//! * [`archive`] — every published alert kept, retrievable by id.
+
+pub mod archive;
+pub mod fits;
+pub mod packet;
+pub mod producer;
+pub mod registry;
+pub mod schema;
+pub mod wire;
