@@ -10,6 +10,7 @@
 //! [`cutout`]s. Besides: [`association`] of DiaSources with DiaObjects and predicted
 //! solar-system positions, [`fitsimage`] and [`catalog`] for `apflow diffim`.
 
+pub mod apdb_stage;
 pub mod association;
 pub mod background;
 pub mod calibrate;

@@ -534,8 +534,9 @@ fn fit_psf(
     }
 }
 
-/// Forced linear PSF flux at `(x, y)` on `img`: `(F, σ_F)`.
-fn forced_flux(img: &MaskedImage, psf: &dyn Psf, x: f64, y: f64, half: i32) -> (f64, f64) {
+/// Forced linear PSF flux at `(x, y)` on `img` over a `(2·half+1)²` box: `(F, σ_F)`,
+/// NaN when no pixel is usable.
+pub fn forced_flux(img: &MaskedImage, psf: &dyn Psf, x: f64, y: f64, half: i32) -> (f64, f64) {
     let pix = gather(img, square(x, y, half));
     let st = Stamp::render(psf, x, y, half + 1);
     match linear_flux(&pix.px, &st) {

@@ -1,9 +1,9 @@
 //! Association + APDB over a *simulated* night.
 //!
-//! The science core that detects and measures sources does not exist yet, so these
-//! tests generate the DiaSource catalogue of each visit directly from a seeded model of
-//! the sky — they exercise association, summary statistics, forced-target selection and
-//! the APDB, not detection:
+//! These tests generate the DiaSource catalogue of each visit directly from a seeded
+//! model of the sky, so that what association should find is known exactly — they
+//! exercise association, summary statistics, forced-target selection and the APDB, not
+//! detection:
 //!
 //! * a transient at a fixed position, detected on visits 1–6 of 8 with 0.05″ centroid
 //!   noise and a Gaussian light curve in g and r;
@@ -12,9 +12,9 @@
 //!   given to association as the simulator's ephemerides would be;
 //! * ten one-off spurious detections per visit.
 //!
-//! Forced photometry is "measured" from the same model (PSF fitting on pixels belongs to
-//! the science core). Each visit runs read → associate → forced → store against a real
-//! SQLite APDB.
+//! Forced photometry is "measured" from the same model. Each visit runs the association
+//! stage (`apdb_stage::associate_and_store`: read → associate → forced → store) against a
+//! real SQLite APDB. The same stage on real pixels runs in `apflow run`.
 
 use apflow_apdb::partition::DEFAULT_MARGIN;
 use apflow_apdb::{
@@ -24,9 +24,8 @@ use apflow_apdb::{
 use apflow_core::geom::{ARCSEC, SkyPolygon, TangentPlane, UnitVector};
 use apflow_core::ids::{DetectorId, DiaObjectId, DiaSourceId, VisitId};
 use apflow_core::time::MjdTai;
-use apflow_prompt_proc::association::{
-    AssociationConfig, AssociationInput, SsPrediction, apply_forced, associate, forced_targets,
-};
+use apflow_prompt_proc::apdb_stage::{DetectorVisit, FORCED_COUNTER_BASE, associate_and_store};
+use apflow_prompt_proc::association::{AssociationConfig, ForcedTarget, SsPrediction};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -129,24 +128,22 @@ impl Model {
     }
 
     /// Forced photometry "measured" at the targets on visit k.
-    fn forced(
-        &self,
-        k: u32,
-        v: VisitId,
-        targets: &[(DiaObjectId, f64, f64)],
-    ) -> Vec<DiaForcedSource> {
+    fn forced(&self, k: u32, v: VisitId, targets: &[ForcedTarget]) -> Vec<DiaForcedSource> {
         let t = visit_time(k);
         let mut rng = ChaCha8Rng::seed_from_u64(5000 + u64::from(k));
         let noise = Normal::new(0.0, 100.0).unwrap();
         targets
             .iter()
             .enumerate()
-            .map(|(i, &(id, ra, dec))| {
+            .map(|(i, target)| {
+                let (id, ra, dec) = (target.dia_object_id, target.ra, target.dec);
                 let sep = UnitVector::from_radec_deg(ra, dec)
                     .separation(UnitVector::from_radec_deg(transient().0, transient().1));
                 let truth = if sep < ARCSEC { transient_flux(k) } else { 0.0 };
                 DiaForcedSource {
-                    dia_forced_source_id: DiaSourceId::new(v, DET, i as u32).unwrap().0,
+                    dia_forced_source_id: DiaSourceId::new(v, DET, FORCED_COUNTER_BASE + i as u32)
+                        .unwrap()
+                        .0,
                     dia_object_id: id,
                     ra,
                     dec,
@@ -168,53 +165,33 @@ impl Model {
 
 /// One detector of one visit through read → associate → forced → store.
 async fn process(apdb: &AnyApdb, k: u32) -> (StoreBatch, StoreReport) {
-    let cfg = AssociationConfig::default();
     let t = visit_time(k);
-    let region = Region::new(footprint(), DEFAULT_MARGIN);
-    let objects = apdb.dia_objects(&region).await.unwrap();
-    let ids: Vec<_> = objects.iter().map(|o| o.dia_object_id).collect();
-    let window = TimeWindow::history(MjdTai(t));
-    let hs = apdb.dia_sources(&region, &ids, window).await.unwrap();
-    let hf = apdb
-        .dia_forced_sources(&region, &ids, window)
-        .await
-        .unwrap();
     let (v, cat) = Model.catalogue(k);
+    let visit = DetectorVisit {
+        visit: v,
+        detector: DET,
+        band: band(k).into(),
+        midpoint: MjdTai(t),
+        size: (4096, 4096),
+    };
     let (pra, pdec) = moving(t);
     let preds = [SsPrediction {
         ss_object_id: SS_ID,
         ra: pra,
         dec: pdec,
     }];
-    let mut a = associate(
-        &AssociationInput {
-            visit_time: MjdTai(t),
-            sources: &cat,
-            objects: &objects,
-            history_sources: &hs,
-            history_forced: &hf,
-            predictions: &preds,
-        },
-        &cfg,
-    );
-    let targets: Vec<_> = forced_targets(&footprint(), &objects, &a.objects, &cfg)
-        .into_iter()
-        .map(|t| (t.dia_object_id, t.ra, t.dec))
-        .collect();
-    let forced = Model.forced(k, v, &targets);
-    let mut all_forced = hf.clone();
-    all_forced.extend(forced.iter().cloned());
-    apply_forced(&mut a.objects, &a.sources, &hs, &all_forced);
-    let batch = StoreBatch {
-        visit: v,
-        detector: DET,
-        visit_time: MjdTai(t),
-        objects: a.objects,
-        sources: a.sources,
-        forced,
-    };
-    let r = apdb.store(&batch).await.unwrap();
-    (batch, r)
+    let a = associate_and_store(
+        apdb,
+        &visit,
+        &footprint(),
+        cat,
+        &preds,
+        &AssociationConfig::default(),
+        |targets| Ok(Model.forced(k, v, targets)),
+    )
+    .await
+    .unwrap();
+    (a.batch, a.report)
 }
 
 async fn night() -> (tempfile::TempDir, AnyApdb) {
