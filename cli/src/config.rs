@@ -26,6 +26,8 @@ pub struct AppConfig {
     pub apdb: crate::cmd::apdb::ApdbSection,
     /// `[science]`: every stage of the science core (ISR to cutouts).
     pub science: apflow_prompt_proc::pipeline::PipelineConfig,
+    /// `[association]`: matching radii and the forced-photometry rule.
+    pub association: apflow_prompt_proc::association::AssociationConfig,
 }
 
 impl AppConfig {

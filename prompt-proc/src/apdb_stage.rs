@@ -74,8 +74,14 @@ impl DetectorVisit {
                 first.visit, first.detector, s.meta.visit, s.meta.detector
             )));
         }
-        let start = snaps.iter().map(|s| s.meta.mjd_obs).fold(f64::MAX, f64::min);
-        let end = snaps.iter().map(|s| s.meta.mjd_end).fold(f64::MIN, f64::max);
+        let start = snaps
+            .iter()
+            .map(|s| s.meta.mjd_obs)
+            .fold(f64::MAX, f64::min);
+        let end = snaps
+            .iter()
+            .map(|s| s.meta.mjd_end)
+            .fold(f64::MIN, f64::max);
         Ok(Self {
             visit: VisitId(first.visit),
             detector: DetectorId(first.detector),
@@ -234,7 +240,10 @@ pub fn forced_photometry(
     processed: MjdTai,
 ) -> Result<Vec<DiaForcedSource>, IdError> {
     let diff_psf = ImagePsf::new(result.difference_psf_centre.clone());
-    let (w, h) = (result.difference.width() as f64, result.difference.height() as f64);
+    let (w, h) = (
+        result.difference.width() as f64,
+        result.difference.height() as f64,
+    );
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let Some((x, y)) = result.wcs.sky_to_pixel(t.ra, t.dec) else {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::apdb_stage::DetectorVisit;
 use crate::calibrate::{RefStar, read_refcat_csv};
 use crate::error::ScienceError;
 use crate::io::{
@@ -90,19 +91,20 @@ impl ProcessContext {
         Ok(tile)
     }
 
-    /// Processes one detector of one visit from its raw files (one per snap).
-    /// Unreadable files fail at stage `load`.
-    pub fn process_files(&self, raws: &[PathBuf]) -> Result<DetectorResult, StageFailure> {
+    /// Processes one detector of one visit from its raw files (one per snap): which
+    /// detector and visit they are, and the result. Unreadable files, or snaps of
+    /// different detectors or visits, fail at stage `load`.
+    pub fn process_files(
+        &self,
+        raws: &[PathBuf],
+    ) -> Result<(DetectorVisit, DetectorResult), StageFailure> {
         let snaps: Vec<RawSnap> = raws
             .iter()
             .map(|p| read_raw(p))
             .collect::<Result<_, _>>()
             .map_err(load("load"))?;
-        let first = snaps.first().ok_or_else(|| StageFailure {
-            stage: "load",
-            error: ScienceError::BadInput("no raw file".into()),
-        })?;
-        let meta = &first.meta;
+        let visit = DetectorVisit::from_snaps(&snaps).map_err(load("load"))?;
+        let meta = &snaps[0].meta;
         let calibs = self.calibs(meta.detector).map_err(load("load"))?;
         let (w, h) = meta.detector_size;
         let wanted = select_tiles(&self.index, &meta.band, &meta.wcs, w, h);
@@ -112,6 +114,7 @@ impl ProcessContext {
             .collect::<Result<_, _>>()
             .map_err(load("load"))?;
         let refs: Vec<&TemplateTile> = tiles.iter().map(|t| t.as_ref()).collect();
-        process_detector(&snaps, &calibs, &refs, &self.refcat, &self.config)
+        let result = process_detector(&snaps, &calibs, &refs, &self.refcat, &self.config)?;
+        Ok((visit, result))
     }
 }

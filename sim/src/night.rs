@@ -1066,6 +1066,33 @@ pub fn truth_path(out: &Path, visit: VisitId, detector: DetectorId) -> PathBuf {
         .join(format!("det{:03}.csv", detector.0))
 }
 
+impl Night {
+    /// Writes what processing the night needs besides the raw exposures into `out`
+    /// (layout in `docs/CAMERA.md`): `night.json`, `calib/`, `templates/`, `refcat.csv`.
+    /// Returns the template tiles and the number of reference-catalogue rows.
+    pub fn write_inputs(
+        &self,
+        out: &Path,
+        progress: impl Fn(Progress) + Sync,
+    ) -> Result<(Vec<TemplateTile>, usize), SimError> {
+        std::fs::create_dir_all(out).map_err(|e| SimError::io(out, e))?;
+        let nj = out.join("night.json");
+        std::fs::write(&nj, self.schedule_json()?).map_err(|e| SimError::io(&nj, e))?;
+        let progress = &progress;
+        let report = |stage| move |done, total| progress(Progress { stage, done, total });
+        self.write_calibrations_with(&out.join("calib"), &report(ProgressStage::Calibrations))?;
+        let tiles =
+            self.write_templates_with(&out.join("templates"), &report(ProgressStage::Templates))?;
+        let refcat_rows = self.write_refcat(&out.join("refcat.csv"))?;
+        progress(Progress {
+            stage: ProgressStage::Refcat,
+            done: 1,
+            total: 1,
+        });
+        Ok((tiles, refcat_rows))
+    }
+}
+
 /// Simulates a whole night into `out` (layout in `docs/CAMERA.md`): `night.json`,
 /// `calib/`, `templates/`, `refcat.csv`, then every raw exposure and truth table,
 /// detectors in parallel (the output does not depend on the number of threads).
@@ -1076,20 +1103,9 @@ pub fn simulate_night(
     progress: impl Fn(Progress) + Sync,
 ) -> Result<NightSummary, SimError> {
     let night = Night::new(spec)?;
-    std::fs::create_dir_all(out).map_err(|e| SimError::io(out, e))?;
-    let nj = out.join("night.json");
-    std::fs::write(&nj, night.schedule_json()?).map_err(|e| SimError::io(&nj, e))?;
     let progress = &progress;
+    let (tiles, refcat_rows) = night.write_inputs(out, progress)?;
     let report = |stage| move |done, total| progress(Progress { stage, done, total });
-    night.write_calibrations_with(&out.join("calib"), &report(ProgressStage::Calibrations))?;
-    let tiles =
-        night.write_templates_with(&out.join("templates"), &report(ProgressStage::Templates))?;
-    let refcat_rows = night.write_refcat(&out.join("refcat.csv"))?;
-    progress(Progress {
-        stage: ProgressStage::Refcat,
-        done: 1,
-        total: 1,
-    });
     let jobs: Vec<(usize, u16)> = (0..night.visits.len())
         .flat_map(|i| (0..spec.detectors).map(move |d| (i, d)))
         .collect();

@@ -134,10 +134,7 @@ fn prepare_detectors(
     let pb = ProgressBar::new_spinner();
     pb.set_message("simulating calibrations, templates, reference catalogue and raw snaps");
     pb.enable_steady_tick(Duration::from_millis(200));
-    std::fs::create_dir_all(dir)?;
-    night.write_calibrations(&dir.join("calib"))?;
-    night.write_templates(&dir.join("templates"))?;
-    night.write_refcat(&dir.join("refcat.csv"))?;
+    night.write_inputs(dir, |_| {})?;
     let visit = night.visits()[0].visit;
     let mut raws = Vec::new();
     for d in night.detectors() {
@@ -173,34 +170,29 @@ fn bench_detector(
         ctx.process_files(r)?;
     }
     let pb = bar(repeats, "detector");
-    let mut stage_times: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
-    let mut order: Vec<&'static str> = Vec::new();
+    let mut stages = super::StageTimes::default();
     let (mut totals, mut walls, mut sources) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats {
         let t = Instant::now();
-        let result = ctx.process_files(&raws[0])?;
+        let (_, result) = ctx.process_files(&raws[0])?;
         walls.push(t.elapsed().as_secs_f64());
         totals.push(result.total_seconds());
         sources.push(result.sources.len() as f64);
         for s in &result.timings {
-            if !order.contains(&s.stage) {
-                order.push(s.stage);
-            }
-            stage_times.entry(s.stage).or_default().push(s.seconds);
+            stages.add(s.stage, s.seconds);
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        super::quantile(v, 0.5)
     };
     println!(
         "science core, {size}×{size} detector, typical profile, 2 snaps, {repeats} runs, one thread (median):"
     );
-    for stage in &order {
-        let v = stage_times.get_mut(stage).expect("stage seen");
-        println!("  {stage:<12} {:8.1} ms", median(v) * 1e3);
+    for (stage, m) in stages.medians() {
+        println!("  {stage:<12} {:8.1} ms", m * 1e3);
     }
     println!("  {:<12} {:8.1} ms", "stages", median(&mut totals) * 1e3);
     println!(

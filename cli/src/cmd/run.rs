@@ -3,29 +3,44 @@
 //!
 //! Stages today: scheduler (`NextVisit`), camera (the simulator renders and writes each
 //! raw detector image), ingest (validates, checksums, `RawImageReady` or a dead letter),
-//! process (the science core, once every snap of a detector has arrived:
-//! `DetectorProcessed`, or a dead letter naming the failed stage) and accounting
-//! (latency since the end of readout). Stages added later (APDB, alerts) plug in after
-//! process without changing this command's interface.
+//! process (once every snap of a detector has arrived: the science core, then the
+//! association stage — APDB history read, association with DiaObjects and the
+//! simulator's solar-system ephemerides, forced photometry, one idempotent APDB store —
+//! then `DetectorProcessed`, or a dead letter naming the failed stage) and accounting
+//! (latency since the end of readout). Alert distribution plugs in after process
+//! without changing this command's interface.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apflow_core::bus::{Bus, EventConsumer, EventPublisher, Topics};
+use apflow_apdb::AnyApdb;
+use apflow_apdb::ErrorKind;
+use apflow_apdb::partition::DEFAULT_MARGIN;
+use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
 use apflow_core::events::{
-    DeadLetter, DetectorCounts, DetectorProcessed, DetectorStatus, Original, RawImageReady,
-    StageTiming,
+    DeadLetter, DetectorCounts, DetectorProcessed, DetectorStatus, ErrorClass, Original,
+    RawImageReady, StageTiming,
 };
+use apflow_core::geom::SkyPolygon;
 use apflow_core::ids::DetectorId;
 use apflow_core::telemetry::{events::StageFinished, http};
+use apflow_core::time::MjdTai;
 use apflow_ingest::{ReadoutTimes, dead_letter, ingest_file};
+use apflow_prompt_proc::apdb_stage::{
+    AssociateError, Associated, DetectorVisit, associate_and_store, dia_source_records,
+    forced_photometry,
+};
+use apflow_prompt_proc::association::{AssociationConfig, SsPrediction};
+use apflow_prompt_proc::pipeline::DetectorResult;
 use apflow_prompt_proc::service::ProcessContext;
 use apflow_sim::{Night, NightSpec, write_raw_fits};
 use chrono::Utc;
 use clap::Args;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
+use super::apdb::ApdbSection;
 use super::simulate::{NightArgs, progress_bar};
 use crate::config::AppConfig;
 
@@ -47,6 +62,10 @@ pub struct RunArgs {
     /// Address for /metrics and /healthz (port 0 picks one; empty disables).
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// APDB URL (default: `[apdb] url`, or `sqlite://<out>/apdb.sqlite` when that is
+    /// left at its default).
+    #[arg(long)]
+    pub apdb: Option<String>,
     /// Keep serving /metrics this long after the summary (e.g. `30s`), so that a
     /// scraper such as Prometheus sees the night's final values; Ctrl-C ends it early.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -76,66 +95,65 @@ impl Default for RunConfig {
     }
 }
 
-/// Seconds at quantile `q` of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-#[derive(Debug, Default)]
-struct Accounting {
-    dead_letters: Vec<DeadLetter>,
-    latencies: Vec<f64>,
-    bytes: u64,
-}
-
-/// Consumes what ingest announced until `expected` images are accounted for.
-async fn account(publisher: EventPublisher, expected: usize) -> anyhow::Result<Accounting> {
+/// Consumes `RawImageReady` until as many images as expected (sent once the camera has
+/// finished and knows how many ingest refused) are accounted for; returns the latencies
+/// from end of readout and the bytes ingested.
+async fn account(
+    publisher: EventPublisher,
+    mut expected: watch::Receiver<Option<usize>>,
+) -> anyhow::Result<(Vec<f64>, u64)> {
     let mut raw =
         EventConsumer::<RawImageReady>::subscribe(&publisher, "accounting", "accounting").await?;
-    let mut dlq =
-        EventConsumer::<DeadLetter>::subscribe(&publisher, "accounting-dead-letters", "accounting")
-            .await?;
-    let mut acc = Accounting::default();
-    while acc.latencies.len() + acc.dead_letters.len() < expected {
+    let (mut latencies, mut bytes) = (Vec::new(), 0u64);
+    while expected.borrow().is_none_or(|n| latencies.len() < n) {
         tokio::select! {
             r = raw.next() => {
                 let (e, d) = r?;
-                let latency = (Utc::now() - e.readout_end).as_seconds_f64();
-                acc.latencies.push(latency);
-                acc.bytes += e.size_bytes;
+                latencies.push((Utc::now() - e.readout_end).as_seconds_f64());
+                bytes += e.size_bytes;
                 d.ack();
             }
-            r = dlq.next() => {
-                let (l, d) = r?;
-                // Only ingest's refusals stand for images; the process stage's own
-                // dead letters are counted by the process stage.
-                if l.stage == "ingest" {
-                    acc.dead_letters.push(l);
-                }
-                d.ack();
-            }
+            _ = expected.changed() => {}
         }
     }
     raw.close(Duration::from_secs(5)).await;
-    dlq.close(Duration::from_secs(5)).await;
-    Ok(acc)
+    Ok((latencies, bytes))
+}
+
+/// What one detector came to.
+#[derive(Debug)]
+struct DetectorOutcome {
+    /// End of readout (last snap) → DetectorProcessed published, seconds.
+    latency: f64,
+    counts: DetectorCounts,
+    reliable: usize,
+    matched: usize,
+    ss_matched: usize,
+    timings: Vec<StageTiming>,
 }
 
 /// What the process stage did.
 #[derive(Debug, Default)]
 struct Processed {
-    ok: usize,
+    done: Vec<DetectorOutcome>,
     failed: Vec<DeadLetter>,
-    dia_sources: u64,
-    reliable: u64,
-    /// End of readout (last snap) → DetectorProcessed published, seconds.
-    latencies: Vec<f64>,
-    /// Seconds per stage name over detectors.
-    stages: Vec<(String, Vec<f64>)>,
+    stages: super::StageTimes,
+}
+
+impl Processed {
+    fn total(&self, f: impl Fn(&DetectorOutcome) -> usize) -> usize {
+        self.done.iter().map(f).sum()
+    }
+}
+
+/// What every detector's processing shares.
+#[derive(Debug)]
+struct Stage {
+    ctx: Arc<ProcessContext>,
+    apdb: AnyApdb,
+    night: Arc<Night>,
+    association: AssociationConfig,
+    publisher: EventPublisher,
 }
 
 fn file_path(uri: &str) -> PathBuf {
@@ -143,33 +161,26 @@ fn file_path(uri: &str) -> PathBuf {
 }
 
 /// The process stage: gathers each detector's snaps from `RawImageReady`, runs the
-/// science core on them (at most `workers` at once), publishes `DetectorProcessed` or a
-/// dead letter, and acknowledges the snaps only then (at-least-once). Ends when
-/// `expected` detectors (sent once known) are done.
+/// science core and the association stage on them (at most `workers` at once),
+/// publishes `DetectorProcessed` or a dead letter, and acknowledges the snaps only
+/// then (at-least-once). Ends when `expected` detectors (sent once known) are done.
 async fn process(
-    publisher: EventPublisher,
-    ctx: Arc<ProcessContext>,
+    stage: Arc<Stage>,
     snaps: usize,
     workers: usize,
-    mut expected: tokio::sync::watch::Receiver<Option<usize>>,
+    mut expected: watch::Receiver<Option<usize>>,
     bar: indicatif::ProgressBar,
 ) -> anyhow::Result<Processed> {
     let mut raw =
-        EventConsumer::<RawImageReady>::subscribe(&publisher, "process", "process").await?;
-    let mut pending: std::collections::HashMap<
-        (u64, u16),
-        Vec<(RawImageReady, apflow_core::bus::Delivery)>,
-    > = Default::default();
+        EventConsumer::<RawImageReady>::subscribe(&stage.publisher, "process", "process").await?;
+    let mut pending: HashMap<(u64, u16), Vec<(RawImageReady, Delivery)>> = HashMap::new();
     let limit = Arc::new(Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
     let mut out = Processed::default();
-    let mut done = 0usize;
-    loop {
-        if let Some(n) = *expected.borrow()
-            && done >= n
-        {
-            break;
-        }
+    while expected
+        .borrow()
+        .is_none_or(|n| out.done.len() + out.failed.len() < n)
+    {
         tokio::select! {
             r = raw.next() => {
                 let (e, d) = r?;
@@ -182,29 +193,27 @@ async fn process(
                 let mut group = pending.remove(&key).expect("present");
                 group.sort_by_key(|(e, _)| e.exposure.0);
                 let permit = limit.clone().acquire_owned().await?;
-                let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                let stage = stage.clone();
                 tasks.spawn(async move {
-                    let r = process_detector(ctx, publisher, group).await;
+                    let r = process_detector(&stage, &group).await;
+                    // Acknowledged only once the outcome is published.
+                    if r.is_ok() {
+                        for (_, d) in group {
+                            d.ack();
+                        }
+                    }
                     drop(permit);
                     r
                 });
             }
             Some(r) = tasks.join_next() => {
-                let r = r??;
-                done += 1;
                 bar.inc(1);
-                match r {
-                    Ok((latency, sources, reliable, timings)) => {
-                        out.ok += 1;
-                        out.latencies.push(latency);
-                        out.dia_sources += sources;
-                        out.reliable += reliable;
-                        for t in timings {
-                            match out.stages.iter_mut().find(|(s, _)| *s == t.stage) {
-                                Some((_, v)) => v.push(t.seconds),
-                                None => out.stages.push((t.stage, vec![t.seconds])),
-                            }
+                match r?? {
+                    Ok(o) => {
+                        for t in &o.timings {
+                            out.stages.add(&t.stage, t.seconds);
                         }
+                        out.done.push(o);
                     }
                     Err(letter) => out.failed.push(letter),
                 }
@@ -216,16 +225,93 @@ async fn process(
     Ok(out)
 }
 
-type DetectorOutcome = Result<(f64, u64, u64, Vec<StageTiming>), DeadLetter>;
+/// A dead letter for one detector, pointing at its first raw file.
+fn detector_letter(
+    first: &RawImageReady,
+    stage: String,
+    reason: &str,
+    detail: String,
+    class: ErrorClass,
+) -> DeadLetter {
+    DeadLetter {
+        original: Original::Reference {
+            uri: first.image_uri.clone(),
+        },
+        source_topic: None,
+        stage,
+        reason: reason.into(),
+        detail,
+        class,
+        visit: Some(first.visit),
+        detector: Some(first.detector),
+        at: Utc::now(),
+    }
+}
 
-/// Runs the science core on one detector's snaps and publishes the outcome.
+/// Solar-system objects predicted inside `footprint` (plus the APDB margin) at `t`.
+fn ss_predictions(night: &Night, footprint: &SkyPolygon, t: MjdTai) -> Vec<SsPrediction> {
+    night
+        .solar_system_objects()
+        .iter()
+        .filter_map(|o| {
+            let p = o.position(t.0);
+            footprint.contains_with_margin(p, DEFAULT_MARGIN).then(|| {
+                let (ra, dec) = p.to_radec_deg();
+                SsPrediction {
+                    ss_object_id: o.id as i64,
+                    ra,
+                    dec,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The association stage for one processed detector: records, APDB read, association,
+/// forced photometry, one store.
+async fn associate(
+    stage: &Stage,
+    visit: &DetectorVisit,
+    result: &DetectorResult,
+) -> Result<Associated, (&'static str, String, ErrorClass)> {
+    let internal = |reason: &'static str| move |e: String| (reason, e, ErrorClass::Internal);
+    let processed = MjdTai::from_utc(Utc::now()).map_err(|e| internal("clock")(e.to_string()))?;
+    let records = dia_source_records(visit, &result.sources, &result.wcs, processed)
+        .map_err(|e| internal("id_overflow")(e.to_string()))?;
+    let footprint = visit
+        .footprint(&result.wcs)
+        .map_err(|e| (e.reason(), e.to_string(), e.class()))?;
+    let predictions = ss_predictions(&stage.night, &footprint, visit.midpoint);
+    associate_and_store(
+        &stage.apdb,
+        visit,
+        &footprint,
+        records,
+        &predictions,
+        &stage.association,
+        |targets| forced_photometry(visit, result, targets, &stage.ctx.config.measure, processed),
+    )
+    .await
+    .map_err(|e| match &e {
+        AssociateError::Apdb(a) => {
+            let class = match a.kind() {
+                ErrorKind::Retryable => ErrorClass::Retryable,
+                ErrorKind::BadInput => ErrorClass::BadInput,
+                ErrorKind::Internal => ErrorClass::Internal,
+            };
+            ("apdb", e.to_string(), class)
+        }
+        AssociateError::Id(_) => ("id_overflow", e.to_string(), ErrorClass::Internal),
+    })
+}
+
+/// Runs the science core and the association stage on one detector's snaps and
+/// publishes the outcome: `Ok(Err(letter))` when a stage refused it.
 async fn process_detector(
-    ctx: Arc<ProcessContext>,
-    publisher: EventPublisher,
-    group: Vec<(RawImageReady, apflow_core::bus::Delivery)>,
-) -> anyhow::Result<DetectorOutcome> {
+    stage: &Stage,
+    group: &[(RawImageReady, Delivery)],
+) -> anyhow::Result<Result<DetectorOutcome, DeadLetter>> {
     let first = &group[0].0;
-    let (visit, detector) = (first.visit, first.detector);
     let readout_end = group
         .iter()
         .map(|(e, _)| e.readout_end)
@@ -233,97 +319,120 @@ async fn process_detector(
         .expect("a group has snaps");
     let paths: Vec<PathBuf> = group.iter().map(|(e, _)| file_path(&e.image_uri)).collect();
     let started = Instant::now();
-    let c = ctx.clone();
-    let p = paths.clone();
-    let result = tokio::task::spawn_blocking(move || c.process_files(&p)).await?;
-    let outcome = match result {
-        Ok(r) => {
-            let timings: Vec<StageTiming> = r
-                .timings
-                .iter()
-                .map(|t| StageTiming {
-                    stage: t.stage.to_string(),
-                    seconds: t.seconds,
-                })
-                .collect();
-            for t in &r.timings {
-                StageFinished {
-                    stage: t.stage,
-                    seconds: t.seconds,
-                    since_readout: None,
-                }
-                .emit();
-            }
-            let reliable = r.reliable().count() as u64;
-            let event = DetectorProcessed {
-                visit,
-                detector,
-                status: DetectorStatus::Ok,
-                counts: DetectorCounts {
-                    dia_sources: r.sources.len() as u32,
-                    ..DetectorCounts::default()
-                },
-                timings: timings.clone(),
-                readout_end,
-                finished_at: Utc::now(),
-            };
-            publisher.publish(&event).await?;
-            let latency = (Utc::now() - readout_end).as_seconds_f64();
-            StageFinished {
-                stage: "process",
-                seconds: started.elapsed().as_secs_f64(),
-                since_readout: Some(latency),
-            }
-            .emit();
-            tracing::info!(
-                visit = visit.0,
-                detector = detector.0,
-                dia_sources = r.sources.len(),
-                reliable,
-                seconds = r.total_seconds(),
-                "Detector processed."
-            );
-            Ok((latency, r.sources.len() as u64, reliable, timings))
-        }
+    let stage_ctx = stage.ctx.clone();
+    let science = tokio::task::spawn_blocking(move || stage_ctx.process_files(&paths)).await?;
+    let failed = |letter: DeadLetter, failed_stage: String| DetectorProcessed {
+        visit: first.visit,
+        detector: first.detector,
+        status: DetectorStatus::Failed {
+            stage: failed_stage,
+            class: letter.class,
+            reason: letter.reason.clone(),
+        },
+        counts: DetectorCounts::default(),
+        timings: Vec::new(),
+        readout_end,
+        finished_at: Utc::now(),
+    };
+    let (visit, result) = match science {
+        Ok(r) => r,
         Err(f) => {
-            let letter = DeadLetter {
-                original: Original::Reference {
-                    uri: first.image_uri.clone(),
-                },
-                source_topic: None,
-                stage: format!("process.{}", f.stage),
-                reason: f.error.reason().into(),
-                detail: f.to_string(),
-                class: f.error.class(),
-                visit: Some(visit),
-                detector: Some(detector),
-                at: Utc::now(),
-            };
-            publisher.dead_letter(&letter).await?;
-            let event = DetectorProcessed {
-                visit,
-                detector,
-                status: DetectorStatus::Failed {
-                    stage: f.stage.to_string(),
-                    class: f.error.class(),
-                    reason: f.error.reason().to_string(),
-                },
-                counts: DetectorCounts::default(),
-                timings: Vec::new(),
-                readout_end,
-                finished_at: Utc::now(),
-            };
-            publisher.publish(&event).await?;
-            Err(letter)
+            let letter = detector_letter(
+                first,
+                format!("process.{}", f.stage),
+                f.error.reason(),
+                f.to_string(),
+                f.error.class(),
+            );
+            stage.publisher.dead_letter(&letter).await?;
+            stage
+                .publisher
+                .publish(&failed(letter.clone(), f.stage.to_string()))
+                .await?;
+            return Ok(Err(letter));
         }
     };
-    for (_, d) in group {
-        d.ack();
+    let mut timings: Vec<StageTiming> = result
+        .timings
+        .iter()
+        .map(|t| StageTiming {
+            stage: t.stage.to_string(),
+            seconds: t.seconds,
+        })
+        .collect();
+    let assoc_started = Instant::now();
+    let a = match associate(stage, &visit, &result).await {
+        Ok(a) => a,
+        Err((reason, detail, class)) => {
+            let letter = detector_letter(first, "associate".into(), reason, detail, class);
+            stage.publisher.dead_letter(&letter).await?;
+            stage
+                .publisher
+                .publish(&failed(letter.clone(), "associate".into()))
+                .await?;
+            return Ok(Err(letter));
+        }
+    };
+    timings.push(StageTiming {
+        stage: "associate".into(),
+        seconds: assoc_started.elapsed().as_secs_f64(),
+    });
+    for t in &timings {
+        StageFinished {
+            stage: &t.stage,
+            seconds: t.seconds,
+            since_readout: None,
+        }
+        .emit();
     }
-    Ok(outcome)
+    let counts = DetectorCounts {
+        dia_sources: a.batch.sources.len() as u32,
+        new_dia_objects: a.created as u32,
+        forced_sources: a.batch.forced.len() as u32,
+        alerts: 0,
+    };
+    stage
+        .publisher
+        .publish(&DetectorProcessed {
+            visit: visit.visit,
+            detector: visit.detector,
+            status: DetectorStatus::Ok,
+            counts,
+            timings: timings.clone(),
+            readout_end,
+            finished_at: Utc::now(),
+        })
+        .await?;
+    let latency = (Utc::now() - readout_end).as_seconds_f64();
+    StageFinished {
+        stage: "process",
+        seconds: started.elapsed().as_secs_f64(),
+        since_readout: Some(latency),
+    }
+    .emit();
+    let reliable = result.reliable().count();
+    tracing::info!(
+        visit = visit.visit.0,
+        detector = visit.detector.0,
+        dia_sources = counts.dia_sources,
+        reliable,
+        new_dia_objects = a.created,
+        forced = counts.forced_sources,
+        seconds = started.elapsed().as_secs_f64(),
+        "Detector processed."
+    );
+    Ok(Ok(DetectorOutcome {
+        latency,
+        counts,
+        reliable,
+        matched: a.matched,
+        ss_matched: a.ss_matched,
+        timings,
+    }))
 }
 
 /// Camera and ingest for one detector image: render, write, validate, announce.
+/// Returns the camera's seconds and ingest's dead letter when it refused the image.
 async fn read_out(
     night: Arc<Night>,
     publisher: EventPublisher,
@@ -331,7 +440,7 @@ async fn read_out(
     visit_index: usize,
     detector: DetectorId,
     snap: u8,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<DeadLetter>)> {
     let plan = &night.visits()[visit_index];
     let visit = plan.visit;
     let path = apflow_sim::night::raw_path(&out, visit, snap, detector);
@@ -350,6 +459,12 @@ async fn read_out(
     })
     .await??;
     let camera_s = started.elapsed().as_secs_f64();
+    StageFinished {
+        stage: "camera",
+        seconds: camera_s,
+        since_readout: None,
+    }
+    .emit();
     let readout_end = Utc::now();
 
     let ingest_started = Instant::now();
@@ -379,30 +494,16 @@ async fn read_out(
                 snap,
                 "Raw image ingested."
             );
+            Ok((camera_s, None))
         }
         Err(e) => {
             let mut letter = dead_letter(&path, &e);
             letter.visit = Some(visit);
             letter.detector = Some(detector);
             publisher.dead_letter(&letter).await?;
+            Ok((camera_s, Some(letter)))
         }
     }
-    StageFinished {
-        stage: "camera",
-        seconds: camera_s,
-        since_readout: None,
-    }
-    .emit();
-    Ok(camera_s)
-}
-
-fn prepare(night: &Night, out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
-    night.write_calibrations(&out.join("calib"))?;
-    night.write_templates(&out.join("templates"))?;
-    night.write_refcat(&out.join("refcat.csv"))?;
-    std::fs::write(out.join("night.json"), night.schedule_json()?)?;
-    Ok(())
 }
 
 /// Runs the night.
@@ -452,7 +553,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let n = night.clone();
     let o = out.clone();
     let prep = Instant::now();
-    tokio::task::spawn_blocking(move || prepare(&n, &o)).await??;
+    tokio::task::spawn_blocking(move || n.write_inputs(&o, |_| {})).await??;
     println!(
         "  calibrations, templates and reference catalogue ready in {:.1} s",
         prep.elapsed().as_secs_f64()
@@ -460,28 +561,45 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
 
     let detectors: Vec<DetectorId> = night.detectors().iter().map(|d| DetectorId(d.id)).collect();
     let snaps = spec.snaps;
-    let expected = night.visits().len() * detectors.len() * usize::from(snaps);
-    let accounting = tokio::spawn(account(publisher.clone(), expected));
+    let images = night.visits().len() * detectors.len() * usize::from(snaps);
+    let n_detectors = night.visits().len() * detectors.len();
+    let (expected_images, images_rx) = watch::channel(None);
+    let accounting = tokio::spawn(account(publisher.clone(), images_rx));
     let o = out.clone();
     let science = config.science.clone();
     let ctx =
         Arc::new(tokio::task::spawn_blocking(move || ProcessContext::open(&o, science)).await??);
-    let (expected_detectors, expected_rx) = tokio::sync::watch::channel(None);
+    let apdb_url = match &args.apdb {
+        Some(url) => url.clone(),
+        None if config.apdb.url == ApdbSection::default().url => {
+            format!("sqlite://{}", out.join("apdb.sqlite").display())
+        }
+        None => config.apdb.url.clone(),
+    };
+    let apdb = AnyApdb::open_or_create(&apdb_url, &config.apdb.config).await?;
+    println!("  APDB {apdb_url}");
+    let stage = Arc::new(Stage {
+        ctx,
+        apdb,
+        night: night.clone(),
+        association: config.association.clone(),
+        publisher: publisher.clone(),
+    });
+    let (expected_detectors, detectors_rx) = watch::channel(None);
     let bars = indicatif::MultiProgress::new();
     let pbar = bars.add(progress_bar());
-    pbar.set_length((night.visits().len() * detectors.len()) as u64);
+    pbar.set_length(n_detectors as u64);
     pbar.set_message("processed");
     let processing = tokio::spawn(process(
-        publisher.clone(),
-        ctx,
+        stage,
         usize::from(snaps),
         workers,
-        expected_rx,
+        detectors_rx,
         pbar.clone(),
     ));
 
     let bar = bars.insert(0, progress_bar());
-    bar.set_length(expected as u64);
+    bar.set_length(images as u64);
     bar.set_message("read out");
     let limit = Arc::new(Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
@@ -512,61 +630,56 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             }
         }
     }
-    let mut camera_seconds = Vec::with_capacity(expected);
+    let mut camera_seconds = Vec::with_capacity(images);
+    let mut refused = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        camera_seconds.push(r??);
+        let (seconds, letter) = r??;
+        camera_seconds.push(seconds);
+        refused.extend(letter);
     }
     bar.finish_and_clear();
-    let acc = tokio::time::timeout(Duration::from_secs(120), accounting)
-        .await
-        .map_err(|_| anyhow::anyhow!("accounting did not see every image within 120 s"))???;
-    // Detectors with a dead-lettered snap never complete; the rest must be processed.
-    let mut refused: Vec<(u64, u16)> = acc
-        .dead_letters
+    // A detector with a refused snap never completes; the rest must be processed.
+    let mut refused_detectors: Vec<(u64, u16)> = refused
         .iter()
         .filter_map(|l| Some((l.visit?.0, l.detector?.0)))
         .collect();
-    refused.sort_unstable();
-    refused.dedup();
-    let n_detectors = night.visits().len() * detectors.len();
-    expected_detectors.send_replace(Some(n_detectors - refused.len()));
-    pbar.set_length((n_detectors - refused.len()) as u64);
+    refused_detectors.sort_unstable();
+    refused_detectors.dedup();
+    expected_images.send_replace(Some(images - refused.len()));
+    expected_detectors.send_replace(Some(n_detectors - refused_detectors.len()));
+    pbar.set_length((n_detectors - refused_detectors.len()) as u64);
+    let (latencies, bytes) = tokio::time::timeout(Duration::from_secs(120), accounting)
+        .await
+        .map_err(|_| anyhow::anyhow!("accounting did not see every image within 120 s"))???;
     let processed = processing.await??;
     pbar.finish_and_clear();
 
     camera_seconds.sort_by(f64::total_cmp);
-    let mut lat = acc.latencies.clone();
-    lat.sort_by(f64::total_cmp);
-    let within = lat.iter().filter(|l| **l <= 60.0).count();
     println!("summary");
     println!("  visits          {}", night.visits().len());
     println!(
-        "  detector images {expected} read out, {} ingested, {} dead-lettered",
-        acc.latencies.len(),
-        acc.dead_letters.len()
+        "  detector images {images} read out, {} ingested, {} dead-lettered",
+        latencies.len(),
+        refused.len()
     );
-    for l in &acc.dead_letters {
+    for l in &refused {
         println!("    dead letter: {} ({})", l.reason, l.detail);
     }
     println!(
         "  camera          {:.2} s median per detector image (render + write), {:.1} MB ingested",
-        quantile(&camera_seconds, 0.5),
-        acc.bytes as f64 / 1e6
+        super::quantile(&camera_seconds, 0.5),
+        bytes as f64 / 1e6
     );
     println!(
-        "  latency         end of readout → RawImageReady consumed: p50 {:.3} s, p95 {:.3} s, p98 {:.3} s, max {:.3} s; {:.1}% within 60 s",
-        quantile(&lat, 0.5),
-        quantile(&lat, 0.95),
-        quantile(&lat, 0.98),
-        lat.last().copied().unwrap_or(f64::NAN),
-        100.0 * within as f64 / lat.len().max(1) as f64
+        "  latency         end of readout → RawImageReady consumed: {}",
+        super::latency_summary(&latencies)
     );
     println!(
         "  processed       {} detectors, {} failed; {} DiaSources, {} above the reliability cut",
-        processed.ok,
+        processed.done.len(),
         processed.failed.len(),
-        processed.dia_sources,
-        processed.reliable
+        processed.total(|o| o.counts.dia_sources as usize),
+        processed.total(|o| o.reliable)
     );
     for l in &processed.failed {
         println!(
@@ -574,27 +687,25 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             l.reason, l.stage, l.detail
         );
     }
-    for (stage, v) in &mut processed.stages.clone() {
-        v.sort_by(f64::total_cmp);
+    for (stage, median) in processed.stages.medians() {
         println!(
             "    {stage:<12} {:7.1} ms median per detector",
-            quantile(v, 0.5) * 1e3
+            median * 1e3
         );
     }
-    let mut plat = processed.latencies.clone();
-    plat.sort_by(f64::total_cmp);
-    let pwithin = plat.iter().filter(|l| **l <= 60.0).count();
     println!(
-        "  latency         end of readout → DetectorProcessed: p50 {:.2} s, p95 {:.2} s, p98 {:.2} s, max {:.2} s; {:.1}% within 60 s",
-        quantile(&plat, 0.5),
-        quantile(&plat, 0.95),
-        quantile(&plat, 0.98),
-        plat.last().copied().unwrap_or(f64::NAN),
-        100.0 * pwithin as f64 / plat.len().max(1) as f64
+        "  associated      {} matched to DiaObjects, {} new DiaObjects, {} solar-system; {} forced sources",
+        processed.total(|o| o.matched),
+        processed.total(|o| o.counts.new_dia_objects as usize),
+        processed.total(|o| o.ss_matched),
+        processed.total(|o| o.counts.forced_sources as usize)
     );
+    let detector_latencies: Vec<f64> = processed.done.iter().map(|o| o.latency).collect();
     println!(
-        "  alerts          0 — association with the APDB and alert distribution are not wired in yet"
+        "  latency         end of readout → DetectorProcessed: {}",
+        super::latency_summary(&detector_latencies)
     );
+    println!("  alerts          0 — alert distribution is not wired in yet");
     println!("  wall time       {:.1} s", wall.elapsed().as_secs_f64());
     if let (Some(s), Some(linger)) = (&server, args.linger.filter(|l| !l.is_zero())) {
         println!(
