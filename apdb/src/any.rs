@@ -108,7 +108,7 @@ impl AnyApdb {
             ApdbUrl::Sqlite(p) => Ok(Self::Sqlite(SqliteApdb::open(p)?)),
             #[cfg(feature = "scylla")]
             ApdbUrl::Scylla { nodes, keyspace } => Ok(Self::Scylla(
-                crate::scylla::ScyllaApdb::open(&nodes, &keyspace, &ApdbConfig::default()).await?,
+                crate::scylla::ScyllaApdb::open(&nodes, &keyspace).await?,
             )),
             #[cfg(not(feature = "scylla"))]
             ApdbUrl::Scylla { .. } => Err(scylla_missing()),

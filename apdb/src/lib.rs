@@ -49,8 +49,6 @@ pub struct ApdbConfig {
     /// Scylla/Cassandra consistency level for reads and writes (`QUORUM`, `ONE`,
     /// `LOCAL_QUORUM`, …).
     pub consistency: String,
-    /// History window read before association, days.
-    pub history_days: f64,
 }
 
 impl Default for ApdbConfig {
@@ -58,7 +56,6 @@ impl Default for ApdbConfig {
         Self {
             replication_factor: 3,
             consistency: "QUORUM".into(),
-            history_days: partition::HISTORY_DAYS,
         }
     }
 }
@@ -72,7 +69,6 @@ pub(crate) fn metadata_entries(config: &ApdbConfig) -> Vec<(String, String)> {
             "time_partition_days".into(),
             partition::TIME_PARTITION_DAYS.to_string(),
         ),
-        ("history_days".into(), config.history_days.to_string()),
         (
             "config".into(),
             serde_json::to_string(config).expect("config serializes"),

@@ -1029,3 +1029,43 @@ mod tests {
         assert!("x".parse::<SchemaVersion>().is_err());
     }
 }
+
+/// The column names of a record, in order.
+pub(crate) fn column_names<R: Record>() -> Vec<String> {
+    R::columns().into_iter().map(|c| c.name).collect()
+}
+
+/// Column names double-quoted and comma-separated, for SQL and CQL.
+pub(crate) fn quoted(cols: &[String]) -> String {
+    cols.iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row of a history table (DiaSource, DiaForcedSource): read back in time order.
+pub(crate) trait HistoryRow {
+    /// `(midpointMjdTai, id)`.
+    fn order_key(&self) -> (f64, i64);
+}
+
+impl HistoryRow for DiaSource {
+    fn order_key(&self) -> (f64, i64) {
+        (self.midpoint_mjd_tai.0, self.dia_source_id.0)
+    }
+}
+
+impl HistoryRow for DiaForcedSource {
+    fn order_key(&self) -> (f64, i64) {
+        (self.midpoint_mjd_tai.0, self.dia_forced_source_id)
+    }
+}
+
+/// Sorts history rows by time, then id (the order every backend returns).
+pub(crate) fn sort_history<T: HistoryRow>(rows: &mut [T]) {
+    rows.sort_by(|a, b| {
+        let (ta, ia) = a.order_key();
+        let (tb, ib) = b.order_key();
+        ta.total_cmp(&tb).then(ia.cmp(&ib))
+    });
+}

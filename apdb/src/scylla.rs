@@ -37,7 +37,8 @@ use crate::partition::{Region, TimeWindow, pixel_of, time_partition};
 use crate::retry::Backoff;
 use crate::schema::{
     DiaForcedSource, DiaObject, DiaObjectLast, DiaSource, METADATA_TABLE, PART_COLUMN, Record,
-    SCHEMA_VERSION, SsObject, TIME_PART_COLUMN, TableDef, VISIT_DETECTOR_TABLE, Value, schema,
+    SCHEMA_VERSION, SsObject, TIME_PART_COLUMN, TableDef, VISIT_DETECTOR_TABLE, Value,
+    column_names, quoted, schema, sort_history,
 };
 use crate::sqlite::check_version;
 use crate::{ApdbConfig, metadata_entries};
@@ -106,17 +107,6 @@ fn parse_consistency(s: &str) -> Result<Consistency, ApdbError> {
     })
 }
 
-fn q(cols: &[String]) -> String {
-    cols.iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn names<R: Record>() -> Vec<String> {
-    R::columns().into_iter().map(|c| c.name).collect()
-}
-
 /// Storage columns, CQL type, and the primary key of each table.
 fn layout(table: &str) -> (Vec<(&'static str, &'static str)>, String) {
     let part = (PART_COLUMN, "bigint");
@@ -156,10 +146,12 @@ fn create_table(ks: &str, t: &TableDef) -> String {
     let pk = if pk.is_empty() {
         format!(
             "(({}))",
-            q(&t.primary_key
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>())
+            quoted(
+                &t.primary_key
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+            )
         )
     } else {
         pk
@@ -319,16 +311,12 @@ impl ScyllaApdb {
                 .map_err(unavailable(op))?;
         }
         drop(session);
-        Self::open(nodes, keyspace, config).await
+        Self::open(nodes, keyspace).await
     }
 
     /// Opens an existing keyspace, checking its schema version. The consistency level
     /// comes from the configuration stored at creation.
-    pub async fn open(
-        nodes: &[String],
-        keyspace: &str,
-        _default: &ApdbConfig,
-    ) -> Result<Self, ApdbError> {
+    pub async fn open(nodes: &[String], keyspace: &str) -> Result<Self, ApdbError> {
         let op = "open";
         let url = url_of(nodes, keyspace);
         let session = connect(nodes).await?;
@@ -419,7 +407,7 @@ impl ScyllaApdb {
         window: TimeWindow,
     ) -> Result<Vec<R>, ApdbError> {
         let set: HashSet<i64> = objects.iter().map(|o| o.0).collect();
-        let cols = names::<R>();
+        let cols = column_names::<R>();
         let oi = cols
             .iter()
             .position(|c| c == "diaObjectId")
@@ -488,19 +476,19 @@ async fn prepare(
         let marks = vec!["?"; all.len()].join(", ");
         format!(
             "INSERT INTO {ks}.\"{table}\" ({}) VALUES ({marks})",
-            q(&all)
+            quoted(&all)
         )
     };
-    let src = names::<DiaSource>();
-    let fs = names::<DiaForcedSource>();
-    let last = names::<DiaObjectLast>();
+    let src = column_names::<DiaSource>();
+    let fs = column_names::<DiaForcedSource>();
+    let last = column_names::<DiaObjectLast>();
     Ok(Stmts {
-        sel_objects: p(format!("SELECT {} FROM {ks}.\"DiaObjectLast\" WHERE apdb_part = ?", q(&last))).await?,
-        sel_sources: p(format!("SELECT {} FROM {ks}.\"DiaSource\" WHERE apdb_part = ? AND apdb_time_part = ?", q(&src))).await?,
-        sel_forced: p(format!("SELECT {} FROM {ks}.\"DiaForcedSource\" WHERE apdb_part = ? AND apdb_time_part = ?", q(&fs))).await?,
-        ins_object: p(ins("DiaObject", names::<DiaObject>())).await?,
+        sel_objects: p(format!("SELECT {} FROM {ks}.\"DiaObjectLast\" WHERE apdb_part = ?", quoted(&last))).await?,
+        sel_sources: p(format!("SELECT {} FROM {ks}.\"DiaSource\" WHERE apdb_part = ? AND apdb_time_part = ?", quoted(&src))).await?,
+        sel_forced: p(format!("SELECT {} FROM {ks}.\"DiaForcedSource\" WHERE apdb_part = ? AND apdb_time_part = ?", quoted(&fs))).await?,
+        ins_object: p(ins("DiaObject", column_names::<DiaObject>())).await?,
         ins_last: p(ins("DiaObjectLast", last.clone())).await?,
-        sel_last: p(format!("SELECT {} FROM {ks}.\"DiaObjectLast\" WHERE apdb_part = ? AND \"diaObjectId\" = ?", q(&last))).await?,
+        sel_last: p(format!("SELECT {} FROM {ks}.\"DiaObjectLast\" WHERE apdb_part = ? AND \"diaObjectId\" = ?", quoted(&last))).await?,
         del_last: p(format!("DELETE FROM {ks}.\"DiaObjectLast\" WHERE apdb_part = ? AND \"diaObjectId\" = ?")).await?,
         ins_last_part: p(format!("INSERT INTO {ks}.\"DiaObjectLastToPartition\" (\"diaObjectId\", apdb_part) VALUES (?, ?)")).await?,
         sel_last_part: p(format!("SELECT apdb_part FROM {ks}.\"DiaObjectLastToPartition\" WHERE \"diaObjectId\" = ?")).await?,
@@ -515,7 +503,7 @@ async fn prepare(
         upd_source_ss: p(format!("UPDATE {ks}.\"DiaSource\" SET \"ssObjectId\" = ?, \"diaObjectId\" = null WHERE apdb_part = ? AND apdb_time_part = ? AND \"diaSourceId\" = ?")).await?,
         sel_vd: p(format!("SELECT \"writtenKeys\" FROM {ks}.\"{VISIT_DETECTOR_TABLE}\" WHERE visit = ? AND detector = ?")).await?,
         ins_vd: p(format!("INSERT INTO {ks}.\"{VISIT_DETECTOR_TABLE}\" (visit, detector, \"storedMjdTai\", \"nDiaObjects\", \"nDiaSources\", \"nDiaForcedSources\", \"writtenKeys\") VALUES (?, ?, ?, ?, ?, ?, ?)")).await?,
-        ins_ss: p(ins("SSObject", names::<SsObject>())).await?,
+        ins_ss: p(ins("SSObject", column_names::<SsObject>())).await?,
     })
 }
 
@@ -563,12 +551,7 @@ impl Apdb for ScyllaApdb {
                 window,
             )
             .await?;
-        v.sort_by(|a, b| {
-            a.midpoint_mjd_tai
-                .0
-                .total_cmp(&b.midpoint_mjd_tai.0)
-                .then(a.dia_source_id.cmp(&b.dia_source_id))
-        });
+        sort_history(&mut v);
         Ok(v)
     }
 
@@ -587,12 +570,7 @@ impl Apdb for ScyllaApdb {
                 window,
             )
             .await?;
-        v.sort_by(|a, b| {
-            a.midpoint_mjd_tai
-                .0
-                .total_cmp(&b.midpoint_mjd_tai.0)
-                .then(a.dia_forced_source_id.cmp(&b.dia_forced_source_id))
-        });
+        sort_history(&mut v);
         Ok(v)
     }
 

@@ -21,7 +21,7 @@ use crate::partition::{Region, TimeWindow, pixel_of, time_partition};
 use crate::schema::{
     DiaForcedSource, DiaObject, DiaObjectLast, DiaSource, METADATA_TABLE, PART_COLUMN, Record,
     SCHEMA_VERSION, SchemaVersion, SsObject, TIME_PART_COLUMN, TableDef, VISIT_DETECTOR_TABLE,
-    Value, schema,
+    Value, column_names, quoted, schema, sort_history,
 };
 use crate::{ApdbConfig, metadata_entries};
 
@@ -62,17 +62,6 @@ fn classify(op: &'static str) -> impl Fn(rusqlite::Error) -> ApdbError {
             _ => ApdbError::Internal { op, source },
         }
     }
-}
-
-fn quoted(cols: &[String]) -> String {
-    cols.iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn names<R: Record>() -> Vec<String> {
-    R::columns().into_iter().map(|c| c.name).collect()
 }
 
 /// The storage columns a table carries besides its record columns.
@@ -158,9 +147,9 @@ impl Sql {
         };
         let window = "apdb_part >= ?1 AND apdb_part < ?2 AND apdb_time_part >= ?3 \
                       AND apdb_time_part <= ?4 AND midpointMjdTai >= ?5 AND midpointMjdTai < ?6";
-        let src = names::<DiaSource>();
-        let fs = names::<DiaForcedSource>();
-        let last = names::<DiaObjectLast>();
+        let src = column_names::<DiaSource>();
+        let fs = column_names::<DiaForcedSource>();
+        let last = column_names::<DiaObjectLast>();
         let mut last_p = last.clone();
         last_p.push(PART_COLUMN.into());
         Self {
@@ -172,11 +161,15 @@ impl Sql {
             select_forced: format!("SELECT {} FROM DiaForcedSource WHERE {window}", quoted(&fs)),
             source_object_idx: src.iter().position(|c| c == "diaObjectId").expect("column"),
             forced_object_idx: fs.iter().position(|c| c == "diaObjectId").expect("column"),
-            insert_object: insert("INSERT OR REPLACE", "DiaObject", names::<DiaObject>()),
+            insert_object: insert(
+                "INSERT OR REPLACE",
+                "DiaObject",
+                column_names::<DiaObject>(),
+            ),
             upsert_last: insert("INSERT OR REPLACE", "DiaObjectLast", last),
             insert_source: insert("INSERT", "DiaSource", src),
             insert_forced: insert("INSERT", "DiaForcedSource", fs),
-            upsert_ss: insert("INSERT OR REPLACE", "SSObject", names::<SsObject>()),
+            upsert_ss: insert("INSERT OR REPLACE", "SSObject", column_names::<SsObject>()),
             restore_last: format!(
                 "INSERT OR REPLACE INTO DiaObjectLast ({cols}) SELECT {cols} FROM DiaObject \
                  WHERE diaObjectId = ?1 AND validityStartMjdTai = ?2",
@@ -457,12 +450,7 @@ impl Apdb for SqliteApdb {
                 window,
                 "dia_sources",
             )?;
-            v.sort_by(|a, b| {
-                a.midpoint_mjd_tai
-                    .0
-                    .total_cmp(&b.midpoint_mjd_tai.0)
-                    .then(a.dia_source_id.cmp(&b.dia_source_id))
-            });
+            sort_history(&mut v);
             Ok(v)
         })
         .await
@@ -486,12 +474,7 @@ impl Apdb for SqliteApdb {
                 window,
                 "dia_forced_sources",
             )?;
-            v.sort_by(|a, b| {
-                a.midpoint_mjd_tai
-                    .0
-                    .total_cmp(&b.midpoint_mjd_tai.0)
-                    .then(a.dia_forced_source_id.cmp(&b.dia_forced_source_id))
-            });
+            sort_history(&mut v);
             Ok(v)
         })
         .await

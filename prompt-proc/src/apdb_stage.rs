@@ -4,7 +4,8 @@
 //!    ([`dia_source_records`]): ids minted from (visit, detector, n), fluxes in nJy,
 //!    NaN ("not measured") written as null.
 //! 2. The region's history is read: DiaObjects inside the detector footprint plus a
-//!    margin, and their DiaSources and forced sources in the history window (12 months).
+//!    margin, and their DiaSources and forced sources in the history window
+//!    (`history_days`, 12 months by default).
 //! 3. [`associate`] matches the new sources to DiaObjects or predicted solar-system
 //!    objects and recomputes the touched DiaObjects.
 //! 4. Forced photometry is measured at every DiaObject in the footprint with enough
@@ -336,7 +337,7 @@ pub async fn associate_and_store<A: Apdb>(
     let region = Region::new(footprint.clone(), DEFAULT_MARGIN);
     let objects = apdb.dia_objects(&region).await?;
     let ids: Vec<_> = objects.iter().map(|o| o.dia_object_id).collect();
-    let window = TimeWindow::history(visit.midpoint);
+    let window = TimeWindow::days_before(visit.midpoint, cfg.history_days);
     // A rerun of this detector finds its own earlier rows: history is what came before.
     let before = |t: MjdTai| t.0 < visit.midpoint.0;
     let mut history_sources = apdb.dia_sources(&region, &ids, window).await?;

@@ -34,6 +34,8 @@ pub struct AssociationConfig {
     pub ss_radius_arcsec: f64,
     /// Forced photometry is measured at DiaObjects with at least this many DiaSources.
     pub forced_min_detections: i32,
+    /// History read before association (DiaSources and forced sources), days.
+    pub history_days: f64,
 }
 
 impl Default for AssociationConfig {
@@ -42,6 +44,7 @@ impl Default for AssociationConfig {
             radius_arcsec: 1.0,
             ss_radius_arcsec: 2.0,
             forced_min_detections: 2,
+            history_days: apflow_apdb::partition::HISTORY_DAYS,
         }
     }
 }
