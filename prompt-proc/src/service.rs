@@ -7,7 +7,6 @@
 //! A night directory has the simulator's layout (`docs/CAMERA.md`): `calib/`,
 //! `templates/tiles.json` and tiles, `refcat.csv`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,14 +23,58 @@ use crate::warp::select_tiles;
 /// Template tiles kept in memory at most (each is tens of MB).
 const TILE_CACHE: usize = 32;
 
+type Slot<V> = Arc<Mutex<Option<Arc<V>>>>;
+
+/// Values loaded once per key: concurrent requests for one key wait for a single load,
+/// other keys load in parallel; beyond `cap` entries the least recently used goes.
+#[derive(Debug)]
+struct Cache<K, V> {
+    cap: usize,
+    /// Most recently used last.
+    entries: Mutex<Vec<(K, Slot<V>)>>,
+}
+
+impl<K: Clone + PartialEq, V> Cache<K, V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get_or_load<E>(&self, key: &K, load: impl FnOnce() -> Result<V, E>) -> Result<Arc<V>, E> {
+        let slot = {
+            let mut entries = self.entries.lock().expect("cache");
+            let entry = match entries.iter().position(|(k, _)| k == key) {
+                Some(i) => entries.remove(i),
+                None => (key.clone(), Slot::default()),
+            };
+            let slot = entry.1.clone();
+            entries.push(entry);
+            if entries.len() > self.cap {
+                entries.remove(0);
+            }
+            slot
+        };
+        // Held while loading, so a second request for this key waits for this load.
+        let mut value = slot.lock().expect("cache slot");
+        if let Some(v) = value.as_ref() {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(load()?);
+        *value = Some(v.clone());
+        Ok(v)
+    }
+}
+
 /// Inputs shared by every detector of a night, loaded once.
 #[derive(Debug)]
 pub struct ProcessContext {
     calib_dir: PathBuf,
     index: Vec<TemplateTileInfo>,
     refcat: Vec<RefStar>,
-    calibs: Mutex<HashMap<u16, Arc<MasterCalibs>>>,
-    tiles: Mutex<Vec<(String, Arc<TemplateTile>)>>,
+    calibs: Cache<u16, MasterCalibs>,
+    tiles: Cache<String, TemplateTile>,
     /// Every stage's settings.
     pub config: PipelineConfig,
 }
@@ -48,8 +91,8 @@ impl ProcessContext {
             calib_dir: night_dir.join("calib"),
             index: read_template_index(&night_dir.join("templates"))?,
             refcat: read_refcat_csv(&night_dir.join("refcat.csv"))?,
-            calibs: Mutex::new(HashMap::new()),
-            tiles: Mutex::new(Vec::new()),
+            calibs: Cache::new(usize::MAX),
+            tiles: Cache::new(TILE_CACHE),
             config,
         })
     }
@@ -60,35 +103,13 @@ impl ProcessContext {
     }
 
     fn calibs(&self, detector: u16) -> Result<Arc<MasterCalibs>, ScienceError> {
-        if let Some(c) = self.calibs.lock().expect("calib cache").get(&detector) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(read_master_calibs(&self.calib_dir, detector)?);
         self.calibs
-            .lock()
-            .expect("calib cache")
-            .insert(detector, c.clone());
-        Ok(c)
+            .get_or_load(&detector, || read_master_calibs(&self.calib_dir, detector))
     }
 
     fn tile(&self, info: &TemplateTileInfo) -> Result<Arc<TemplateTile>, ScienceError> {
-        {
-            let mut cache = self.tiles.lock().expect("tile cache");
-            if let Some(i) = cache.iter().position(|(id, _)| *id == info.id) {
-                // Most recently used last.
-                let entry = cache.remove(i);
-                let tile = entry.1.clone();
-                cache.push(entry);
-                return Ok(tile);
-            }
-        }
-        let tile = Arc::new(read_template_tile(&info.path)?);
-        let mut cache = self.tiles.lock().expect("tile cache");
-        if cache.len() >= TILE_CACHE {
-            cache.remove(0);
-        }
-        cache.push((info.id.clone(), tile.clone()));
-        Ok(tile)
+        self.tiles
+            .get_or_load(&info.id, || read_template_tile(&info.path))
     }
 
     /// Processes one detector of one visit from its raw files (one per snap): which
@@ -116,5 +137,39 @@ impl ProcessContext {
         let refs: Vec<&TemplateTile> = tiles.iter().map(|t| t.as_ref()).collect();
         let result = process_detector(&snaps, &calibs, &refs, &self.refcat, &self.config)?;
         Ok((visit, result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn cache_loads_each_key_once_even_when_asked_concurrently_and_evicts_the_oldest() {
+        let cache: Cache<u32, u32> = Cache::new(2);
+        let loads = AtomicUsize::new(0);
+        let load = |k: u32| {
+            loads.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok::<_, ()>(k * 10)
+        };
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| assert_eq!(*cache.get_or_load(&1, || load(1)).unwrap(), 10));
+            }
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        cache.get_or_load(&2, || load(2)).unwrap();
+        cache.get_or_load(&3, || load(3)).unwrap();
+        // 1 was least recently used and is gone; 3 is kept.
+        cache.get_or_load(&3, || load(3)).unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
+        cache.get_or_load(&1, || load(1)).unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 4);
+        // A failed load leaves nothing behind.
+        assert!(cache.get_or_load(&9, || Err(())).is_err());
+        assert_eq!(*cache.get_or_load(&9, || load(9)).unwrap(), 90);
     }
 }
