@@ -138,12 +138,18 @@ impl TanSipWcs {
         self.pixel_to_unit(x, y).to_radec_deg()
     }
 
-    /// Sky direction of the 0-based pixel (x, y).
-    pub fn pixel_to_unit(&self, x: f64, y: f64) -> UnitVector {
+    /// Intermediate pixel coordinates of the 0-based pixel (x, y): offsets from
+    /// `CRPIX` with the SIP distortion applied, before `CD` (pixels).
+    pub fn pixel_to_intermediate(&self, x: f64, y: f64) -> (f64, f64) {
         let u = x + 1.0 - self.crpix[0];
         let v = y + 1.0 - self.crpix[1];
         let (du, dv) = self.sip(u, v);
-        let (u, v) = (u + du, v + dv);
+        (u + du, v + dv)
+    }
+
+    /// Sky direction of the 0-based pixel (x, y).
+    pub fn pixel_to_unit(&self, x: f64, y: f64) -> UnitVector {
+        let (u, v) = self.pixel_to_intermediate(x, y);
         let xi = self.cd[0][0] * u + self.cd[0][1] * v;
         let eta = self.cd[1][0] * u + self.cd[1][1] * v;
         self.plane().deproject(xi.to_radians(), eta.to_radians())
@@ -190,6 +196,24 @@ impl TanSipWcs {
     pub fn pixel_scale_arcsec(&self) -> f64 {
         let [[a, b], [c, d]] = self.cd;
         (a * d - b * c).abs().sqrt() * 3600.0
+    }
+
+    /// Every header key [`Self::from_header`] may ask for.
+    pub fn header_keys() -> Vec<String> {
+        let mut keys: Vec<String> = [
+            "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1",
+            "CD2_2", "A_ORDER", "B_ORDER",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for p in 0..=SIP_MAX_ORDER {
+            for q in 0..=(SIP_MAX_ORDER - p) {
+                keys.push(format!("A_{p}_{q}"));
+                keys.push(format!("B_{p}_{q}"));
+            }
+        }
+        keys
     }
 
     /// Reads a TAN or TAN-SIP WCS from header values: `get(key)` returns the card's

@@ -12,16 +12,16 @@
 //! image's robust noise (σ from the interquartile range), the same for every pixel;
 //! without `MASK`, non-finite pixels are masked `NO_DATA` and set to 0.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use apflow_core::wcs::{CardValue, SIP_MAX_ORDER, TanSipWcs};
+use apflow_core::wcs::{CardValue, TanSipWcs};
 use fitsio::FitsFile;
-use fitsio::hdu::{FitsHdu, HduInfo};
+use fitsio::hdu::FitsHdu;
 use fitsio::images::{ImageDescription, ImageType};
 
 use crate::error::ScienceError;
 use crate::image::{Image, MaskedImage, mask, median_and_iqr_sigma};
+use crate::io::{bad, image_shape, open, read_wcs};
 use crate::psf::ImagePsf;
 
 /// A calibrated image read from FITS.
@@ -43,58 +43,11 @@ pub struct CalibratedImage {
     pub variance_from_file: bool,
 }
 
-fn bad(path: &Path, what: impl std::fmt::Display) -> ScienceError {
-    ScienceError::BadInput(format!("{}: {what}", path.display()))
-}
-
-/// The WCS keys a TAN-SIP reader may need.
-fn wcs_keys() -> Vec<String> {
-    let mut keys: Vec<String> = [
-        "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1",
-        "CD2_2", "A_ORDER", "B_ORDER",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for p in 0..=SIP_MAX_ORDER {
-        for q in 0..=(SIP_MAX_ORDER - p) {
-            keys.push(format!("A_{p}_{q}"));
-            keys.push(format!("B_{p}_{q}"));
-        }
-    }
-    keys
-}
-
-/// Reads the TAN-SIP WCS of an HDU.
-pub fn read_wcs(f: &mut FitsFile, hdu: &FitsHdu, path: &Path) -> Result<TanSipWcs, ScienceError> {
-    let mut cards = HashMap::new();
-    for k in wcs_keys() {
-        let v = if k.starts_with("CTYPE") {
-            hdu.read_key::<String>(f, &k).ok().map(CardValue::Str)
-        } else {
-            hdu.read_key::<f64>(f, &k).ok().map(CardValue::Float)
-        };
-        if let Some(v) = v {
-            cards.insert(k, v);
-        }
-    }
-    TanSipWcs::from_header(|k| cards.get(k).cloned()).map_err(|e| bad(path, e))
-}
-
-fn image_dims(hdu: &FitsHdu) -> Option<(usize, usize)> {
-    match &hdu.info {
-        HduInfo::ImageInfo { shape, .. } if shape.len() == 2 && shape[0] > 0 && shape[1] > 0 => {
-            Some((shape[1], shape[0]))
-        }
-        _ => None,
-    }
-}
-
 /// Reads a calibrated image (see the module docs for the layout).
 pub fn read_calibrated_image(path: &Path) -> Result<CalibratedImage, ScienceError> {
-    let mut f = FitsFile::open(path).map_err(|e| bad(path, e))?;
+    let mut f = open(path)?;
     let primary = f.primary_hdu().map_err(|e| bad(path, e))?;
-    let hdu = if image_dims(&primary).is_some() {
+    let hdu = if image_shape(&primary).is_some() {
         primary
     } else {
         ["IMAGE", "SCI"]
@@ -103,10 +56,11 @@ pub fn read_calibrated_image(path: &Path) -> Result<CalibratedImage, ScienceErro
             .or_else(|| f.hdu(1).ok())
             .ok_or_else(|| bad(path, "no image HDU"))?
     };
-    let (w, h) = image_dims(&hdu).ok_or_else(|| bad(path, "the image HDU is not a 2-D image"))?;
+    let (w, h) = image_shape(&hdu).ok_or_else(|| bad(path, "the image HDU is not a 2-D image"))?;
     let data: Vec<f32> = hdu.read_image(&mut f).map_err(|e| bad(path, e))?;
     let primary = f.primary_hdu().map_err(|e| bad(path, e))?;
-    let wcs = read_wcs(&mut f, &hdu, path).or_else(|_| read_wcs(&mut f, &primary, path))?;
+    let wcs = read_wcs(&mut f, &hdu, path, "image HDU")
+        .or_else(|_| read_wcs(&mut f, &primary, path, "primary header"))?;
     let key_str = |f: &mut FitsFile, k: &str| {
         hdu.read_key::<String>(f, k)
             .ok()
@@ -122,7 +76,7 @@ pub fn read_calibrated_image(path: &Path) -> Result<CalibratedImage, ScienceErro
     let mut image = Image::from_vec(w, h, data);
     let mut mask_plane = match f.hdu("MASK") {
         Ok(m) => {
-            if image_dims(&m) != Some((w, h)) {
+            if image_shape(&m) != Some((w, h)) {
                 return Err(bad(path, "MASK has a different size from the image"));
             }
             let v: Vec<i32> = m.read_image(&mut f).map_err(|e| bad(path, e))?;
@@ -138,7 +92,7 @@ pub fn read_calibrated_image(path: &Path) -> Result<CalibratedImage, ScienceErro
     }
     let (variance, variance_from_file) = match f.hdu("VARIANCE") {
         Ok(vh) => {
-            if image_dims(&vh) != Some((w, h)) {
+            if image_shape(&vh) != Some((w, h)) {
                 return Err(bad(path, "VARIANCE has a different size from the image"));
             }
             let v: Vec<f32> = vh.read_image(&mut f).map_err(|e| bad(path, e))?;
@@ -160,7 +114,7 @@ pub fn read_calibrated_image(path: &Path) -> Result<CalibratedImage, ScienceErro
         }
     };
     let psf = match f.hdu("PSF") {
-        Ok(ph) => match image_dims(&ph) {
+        Ok(ph) => match image_shape(&ph) {
             Some((pw, ph_h)) if pw == ph_h && pw % 2 == 1 => {
                 let v: Vec<f32> = ph.read_image(&mut f).map_err(|e| bad(path, e))?;
                 Some(ImagePsf::new(Image::from_vec(pw, pw, v)))

@@ -477,7 +477,7 @@ impl TemplateTile {
     }
 }
 
-fn bad(path: &Path, why: impl std::fmt::Display) -> ScienceError {
+pub(crate) fn bad(path: &Path, why: impl std::fmt::Display) -> ScienceError {
     ScienceError::BadInput(format!("{}: {why}", path.display()))
 }
 
@@ -560,33 +560,31 @@ impl Header<'_> {
     }
 }
 
-fn wcs_keys() -> Vec<String> {
-    let mut keys: Vec<String> = [
-        "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1",
-        "CD2_2", "A_ORDER", "B_ORDER",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for p in 0..=3 {
-        for q in 0..=(3 - p) {
-            keys.push(format!("A_{p}_{q}"));
-            keys.push(format!("B_{p}_{q}"));
-        }
-    }
-    keys
+/// The TAN-SIP WCS in one HDU's header; `what` names the HDU in errors.
+pub(crate) fn read_wcs(
+    f: &mut FitsFile,
+    hdu: &FitsHdu,
+    path: &Path,
+    what: &str,
+) -> Result<TanSipWcs, ScienceError> {
+    let keys = TanSipWcs::header_keys();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    Header::read(f, hdu, path, what, &key_refs).wcs()
 }
 
-fn open(path: &Path) -> Result<FitsFile, ScienceError> {
+pub(crate) fn open(path: &Path) -> Result<FitsFile, ScienceError> {
     if !path.is_file() {
         return Err(bad(path, "no such file"));
     }
     FitsFile::open(path).map_err(|e| bad(path, format!("not a readable FITS file: {e}")))
 }
 
-fn image_shape(hdu: &FitsHdu) -> Option<(usize, usize)> {
+/// `(width, height)` of a non-empty 2-D image HDU.
+pub(crate) fn image_shape(hdu: &FitsHdu) -> Option<(usize, usize)> {
     match &hdu.info {
-        HduInfo::ImageInfo { shape, .. } if shape.len() == 2 => Some((shape[1], shape[0])),
+        HduInfo::ImageInfo { shape, .. } if shape.len() == 2 && shape[0] > 0 && shape[1] > 0 => {
+            Some((shape[1], shape[0]))
+        }
         _ => None,
     }
 }
@@ -604,7 +602,7 @@ pub fn read_raw(path: &Path) -> Result<RawSnap, ScienceError> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    keys.extend(wcs_keys());
+    keys.extend(TanSipWcs::header_keys());
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let h = Header::read(&mut f, &primary, path, "primary header", &key_refs);
     let detsize = h.section("DETSIZE")?;
@@ -739,7 +737,7 @@ pub fn read_template_index(templates_dir: &Path) -> Result<Vec<TemplateTileInfo>
 pub fn read_template_tile(path: &Path) -> Result<TemplateTile, ScienceError> {
     let mut f = open(path)?;
     let primary = f.primary_hdu().map_err(|e| bad(path, e))?;
-    let mut keys = wcs_keys();
+    let mut keys = TanSipWcs::header_keys();
     keys.push("TILEID".into());
     keys.push("BAND".into());
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();

@@ -314,26 +314,6 @@ pub fn fit_astrometry(
     })
 }
 
-/// SIP-corrected offsets (u', v') of pixel (x, y) from CRPIX.
-fn intermediate(wcs: &TanSipWcs, x: f64, y: f64) -> (f64, f64) {
-    let u = x + 1.0 - wcs.crpix[0];
-    let v = y + 1.0 - wcs.crpix[1];
-    let (mut du, mut dv) = (0.0, 0.0);
-    if wcs.sip_order > 0 {
-        let mut up = 1.0;
-        for p in 0..=wcs.sip_order {
-            let mut vq = 1.0;
-            for q in 0..=(wcs.sip_order - p) {
-                du += wcs.a[p][q] * up * vq;
-                dv += wcs.b[p][q] * up * vq;
-                vq *= v;
-            }
-            up *= u;
-        }
-    }
-    (u + du, v + dv)
-}
-
 /// Weighted least squares of tangent point and CD; returns the new WCS.
 fn fit_linear(
     stars: &[Star],
@@ -349,7 +329,7 @@ fn fit_linear(
     let (mut mu, mut mv, mut sw) = (0.0, 0.0, 0.0);
     for p in pairs {
         let s = &stars[p.star];
-        let (u, v) = intermediate(wcs, s.x, s.y);
+        let (u, v) = wcs.pixel_to_intermediate(s.x, s.y);
         let Some((xi, eta)) = plane.project(refs[p.refstar].1) else {
             continue;
         };
