@@ -33,7 +33,9 @@
 //! background a polynomial of order `background_order`, and one linear system over all
 //! surviving stamps is built from the per-stamp normal equations (the spatial terms
 //! are taken as constant across a stamp) and solved by Cholesky; stamps whose χ² under
-//! the spatial model are outliers are rejected and the fit repeated. Fewer than
+//! the spatial model are outliers are rejected and the fit repeated (at most
+//! `max_iterations` times; the outliers found in the last round are still removed
+//! before one final solve). Fewer than
 //! `min_stamps` survivors give [`ScienceError::TooFewKernelStars`].
 //!
 //! **Application.** `K(x, y) = Σ_m q_m(x, y) K_m` with `q_m` the spatial monomials, so the
@@ -122,7 +124,8 @@ pub struct SubtractConfig {
     pub min_stamps: usize,
     /// Rejection threshold in robust σ for kernel sums and stamp χ².
     pub clip_sigma: f64,
-    /// Rejection iterations of the spatial fit.
+    /// Rejection rounds of the spatial fit (the last round's outliers are removed and
+    /// the kernel solved once more).
     pub max_iterations: usize,
     /// Apply the decorrelation afterburner.
     pub decorrelate: bool,
@@ -815,6 +818,9 @@ pub fn subtract<'a>(
     };
     let mut solution;
     let mut iteration = 0;
+    // Set once the rejection budget is spent: the outliers of the last round are
+    // still removed and the kernel solved once more without them.
+    let mut last_fit = false;
     loop {
         let mut gm = vec![0.0f64; np * np];
         let mut gb = vec![0.0f64; np];
@@ -866,12 +872,16 @@ pub fn subtract<'a>(
         for (st, &c) in stamps.iter_mut().zip(&chis) {
             st.chi2 = c;
         }
+        if last_fit {
+            break;
+        }
         iteration += 1;
         let keep = clip(&chis, cfg.clip_sigma, false, 0.05);
         let n_out = keep.iter().filter(|k| !**k).count();
-        if n_out == 0 || iteration > cfg.max_iterations {
+        if n_out == 0 {
             break;
         }
+        last_fit = iteration > cfg.max_iterations;
         let mut it = keep.into_iter();
         stamps.retain(|_| it.next().unwrap_or(false));
         if stamps.len() < cfg.min_stamps.max(1) {
