@@ -54,7 +54,10 @@ pub struct PsfConfig {
     /// Fit-and-reject iterations.
     pub iterations: usize,
     /// The spatial order is lowered until there are at least this many stars per
-    /// polynomial term (a high order on few stars extrapolates badly to the corners).
+    /// polynomial term (a high order on few stars extrapolates badly to the corners:
+    /// with 8 per term a quadratic fitted on 70–85 stars of a 2048² simulated detector
+    /// put PSF fluxes 5–7% low in its corners, pull σ 1.5; a plane on the same stars
+    /// gave pull σ 1.15).
     pub min_stars_per_term: usize,
 }
 
@@ -69,7 +72,7 @@ impl Default for PsfConfig {
             size_tolerance: 0.08,
             clip: 4.0,
             iterations: 3,
-            min_stars_per_term: 8,
+            min_stars_per_term: 20,
         }
     }
 }

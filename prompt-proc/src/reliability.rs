@@ -18,13 +18,13 @@
 //! | S/N | `ln(snr / 5)` (snr clamped to [1, 1000]) | `w_snr` [1.5] | brighter ⇒ more likely real: +1 at S/N 10, +2 at S/N 20 |
 //! | fit quality | `max(0, χ²/dof − 1.5)` (≤ 10) | `w_chi2` [−0.8] | a point source fits the PSF; CRs, residuals and streak edges do not |
 //! | too sharp | `max(0, ln(0.6 / size_ratio))` | `w_sharp` [−6] | `size_ratio = (ixx+iyy)/(ixxPsf+iyyPsf)`: below 0.6 nothing optical is that sharp (cosmic ray, hot pixel: ≈ 0.03–0.2) |
-//! | too broad | `max(0, ln(size_ratio / 2))` unless trailed | `w_broad` [−1.5] | broad residuals of galaxies and PSF mismatch; a fitted trail is exempt |
+//! | too broad | `max(0, ln(size_ratio / 2))` unless trailed | `w_broad` [−1.5] | broad residuals of galaxies and PSF mismatch; a fitted trail is exempt when its minor-axis moment is at most twice the PSF's (a trail is a PSF across; a round broad residual is not) |
 //! | masked | fraction of footprint pixels with BAD/SAT/CR/EDGE/NO_DATA/INTRP | `w_masked` [−6] | measurements on masked pixels are unreliable |
 //! | centre masked | SAT, CR or BAD in the central 3×3 | `w_centre_bad` [−3] | the source sits on a defect |
 //! | dipole | `isDipole` | `w_dipole` [−3] | mis-registration or DCR residual of a static star |
 //! | opposite sign | noise-corrected fraction of opposite-sign flux near the source (0–1) | `w_opposite` [−5] | dipoles and ringing residuals carry both signs |
 //! | template star | `ln(1 + max(0, |templateFlux|/|psfFlux| − 1))` (≤ 8) | `w_template` [−0.7] | a small difference on a bright template star is more often a residual (but variables are real, hence a mild weight) |
-//! | edge | `max(0, 1 − d / (2 FWHM))` with `d` the distance to the image edge | `w_edge` [−2] | convolution and PSF edge effects |
+//! | edge | `max(0, 1 − d / (2 FWHM))` with `d` the distance to the nearest `EDGE`/`NO_DATA` pixel or the image edge | `w_edge` [−2] | convolution and PSF edge effects; the difference's unusable border is the kernel's reach wide, and a source centred inside it is detected at its inner boundary with a pulled centroid and a partial flux |
 //! | no shape | adaptive moments failed | `w_shape_failed` [−1] | noise or odd morphology |
 //!
 //! `diff_to_science` (`psfFlux / scienceFlux`) is computed for learned models but
@@ -51,7 +51,7 @@ pub struct ReliabilityFeatures {
     pub centre_bad: bool,
     /// The dipole fit says dipole.
     pub is_dipole: bool,
-    /// A trail was fitted (longer than one FWHM).
+    /// A trail was fitted (longer than one FWHM) and the source is PSF-narrow across it.
     pub is_trailed: bool,
     /// Noise-corrected fraction of opposite-sign flux within 2 PSF σ (Gaussian weight).
     pub opposite_fraction: f32,
@@ -59,7 +59,7 @@ pub struct ReliabilityFeatures {
     pub template_ratio: f32,
     /// psfFlux / scienceFlux.
     pub diff_to_science: f32,
-    /// Distance to the nearest image edge in PSF FWHM.
+    /// Distance to the nearest `EDGE`/`NO_DATA` pixel or image edge in PSF FWHM.
     pub edge_distance_fwhm: f32,
 }
 
@@ -86,11 +86,17 @@ impl ReliabilityFeatures {
             1.0
         };
         let opposite = opposite_fraction(diff, m.x, m.y, sign, 2.0 * sigma);
-        let edge =
-            m.x.min(m.y)
-                .min(w as f64 - 1.0 - m.x)
-                .min(h as f64 - 1.0 - m.y)
-                .max(0.0);
+        let edge = distance_to_no_data(diff, m.x, m.y, 2.0 * fwhm)
+            .min(m.x)
+            .min(m.y)
+            .min(w as f64 - 1.0 - m.x)
+            .min(h as f64 - 1.0 - m.y)
+            .max(0.0);
+        // A trail is a PSF across: its minor-axis second moment stays near the PSF's.
+        // A round broad residual (a galaxy's, a bright star's wing) can also take a
+        // trail fit longer than a FWHM, but must not escape the broadness term.
+        let lmin = 0.5 * (m.ixx + m.iyy) - (0.25 * (m.ixx - m.iyy).powi(2) + m.ixy.powi(2)).sqrt();
+        let narrow = lmin.is_finite() && lmin <= TRAIL_MAX_MINOR_RATIO * 0.5 * psf_size;
         let cb = m.centre_flags;
         Self {
             snr: m.snr as f32,
@@ -100,13 +106,38 @@ impl ReliabilityFeatures {
             masked_fraction: masked_fraction as f32,
             centre_bad: cb.saturated || cb.cosmic_ray || cb.bad,
             is_dipole: m.is_dipole,
-            is_trailed: m.trail_length.is_finite() && m.trail_length > fwhm,
+            is_trailed: m.trail_length.is_finite() && m.trail_length > fwhm && narrow,
             opposite_fraction: opposite as f32,
             template_ratio: (m.template_flux.abs() / m.psf_flux.abs()) as f32,
             diff_to_science: (m.psf_flux / m.science_flux) as f32,
             edge_distance_fwhm: (edge / fwhm) as f32,
         }
     }
+}
+
+/// A trail's minor-axis moment is at most this multiple of the PSF's (per axis).
+const TRAIL_MAX_MINOR_RATIO: f64 = 2.0;
+
+/// Distance (pixels) from `(x, y)` to the nearest `EDGE` or `NO_DATA` pixel within
+/// `reach` (the difference image's unusable border is `2h` pixels wide, not the
+/// image's own edge); `reach` when there is none.
+fn distance_to_no_data(diff: &MaskedImage, x: f64, y: f64, reach: f64) -> f64 {
+    if !x.is_finite() || !y.is_finite() || !reach.is_finite() {
+        return reach;
+    }
+    let r = reach.ceil().clamp(0.0, 200.0) as isize;
+    let (cx, cy) = (x.round() as isize, y.round() as isize);
+    let mut best = reach;
+    for py in cy - r..=cy + r {
+        for px in cx - r..=cx + r {
+            if let Some(mk) = diff.mask.get_checked(px, py)
+                && mk & (mask::EDGE | mask::NO_DATA) != 0
+            {
+                best = best.min((px as f64 - x).hypot(py as f64 - y));
+            }
+        }
+    }
+    best
 }
 
 fn masked_fraction(m: &DiaSourceMeasurement, diff: &MaskedImage) -> f64 {
@@ -428,6 +459,88 @@ mod tests {
         );
         assert!(s.len() >= 10);
         assert!(mean_noise < mean_real - 0.05, "{mean_noise} {mean_real}");
+    }
+
+    /// A source centred in the difference's unusable border is detected at the border's
+    /// inner edge (the masked pixels count as zero): it must be penalised as an edge
+    /// source although it is far from the image edge; the same source in the open is
+    /// not. `distance_to_no_data` measures to the band.
+    #[test]
+    fn sources_at_the_unusable_border_score_lower() {
+        let (w, h) = (256, 256);
+        let p = psf(w, h);
+        let sn = 2.0;
+        let mut diff = noise_image(w, h, sn as f32, 7);
+        let f = flux_for_snr(&p, 40.0, sn);
+        add_psf(&mut diff.image, &p, 128.0, 38.0, f, 15);
+        add_psf(&mut diff.image, &p, 128.0, 160.0, f, 15);
+        // EDGE band 40 px deep at the bottom: the first source sits 2 px inside it.
+        for y in 0..40 {
+            for x in 0..w {
+                let m = diff.mask.get(x, y);
+                diff.mask.set(x, y, m | mask::EDGE);
+            }
+        }
+        assert!((distance_to_no_data(&diff, 128.0, 45.0, 20.0) - 6.0).abs() < 1e-9);
+        assert_eq!(distance_to_no_data(&diff, 128.0, 160.0, 20.0), 20.0);
+        let sci = diff.clone();
+        let tmpl = noise_image(w, h, 1.0, 8);
+        let s = scores(&diff, &sci, &tmpl, &p, &DetectConfig::default());
+        let open = s
+            .iter()
+            .find(|v| (v.0 - 128.0).hypot(v.1 - 160.0) < 3.0)
+            .expect("the open source");
+        let border = s
+            .iter()
+            .filter(|v| (v.0 - 128.0).abs() < 6.0 && v.1 < 60.0)
+            .map(|v| v.2)
+            .fold(f32::NAN, f32::max);
+        eprintln!("open {:.3}, at the border {border:.3}", open.2);
+        assert!(open.2 > 0.8, "{}", open.2);
+        assert!(border < open.2 - 0.3, "{border}");
+    }
+
+    /// A fitted "trail" that is broad across (a round residual) does not escape the
+    /// broadness term; a PSF-narrow one does.
+    #[test]
+    fn only_psf_narrow_trails_are_exempt_from_broadness() {
+        let (w, h) = (128, 128);
+        let p = psf(w, h);
+        let mut diff = noise_image(w, h, 2.0, 3);
+        add_psf(
+            &mut diff.image,
+            &p,
+            64.0,
+            64.0,
+            flux_for_snr(&p, 30.0, 2.0),
+            15,
+        );
+        let det = detect(&diff, &p, &DetectConfig::default());
+        let ms = measure(
+            &diff,
+            &diff,
+            &diff,
+            &p,
+            &wcs(),
+            &det,
+            &MeasureConfig::default(),
+        );
+        let mut m = ms
+            .into_iter()
+            .find(|m| (m.x - 64.0).hypot(m.y - 64.0) < 2.0)
+            .expect("the source");
+        let psf_axis = 0.5 * (m.ixx_psf + m.iyy_psf);
+        m.trail_length = 30.0;
+        // Round and 8× the PSF's moments: not a trail.
+        (m.ixx, m.iyy, m.ixy) = (8.0 * psf_axis, 8.0 * psf_axis, 0.0);
+        let round = ReliabilityFeatures::from_measurement(&m, &diff);
+        assert!(!round.is_trailed);
+        // Long along x, the PSF's width across: a trail.
+        (m.ixx, m.iyy, m.ixy) = (15.0 * psf_axis, psf_axis, 0.0);
+        let trail = ReliabilityFeatures::from_measurement(&m, &diff);
+        assert!(trail.is_trailed);
+        let model = LogisticModel::default();
+        assert!(model.logit(&round) < model.logit(&trail) - 2.0);
     }
 
     #[test]

@@ -239,6 +239,13 @@ fn simulated_detectors_meet_the_science_checks() {
         for t in &r.timings {
             eprintln!("  {:<12} {:7.1} ms", t.stage, t.seconds * 1e3);
         }
+        // The surviving kernel stamps fit the spatial model to their noise (an outlier
+        // kept by the rejection loop showed as 1.49 and 5 more spurious sources).
+        assert!(
+            r.subtraction.stamp_residual_rms < 1.2,
+            "visit {i}: kernel stamp residual rms {}",
+            r.subtraction.stamp_residual_rms
+        );
         score(&run, &mut s);
     }
     let scale_4k = (4096.0 * 4096.0) / s.pixels as f64;
@@ -263,7 +270,9 @@ fn simulated_detectors_meet_the_science_checks() {
         s.noise_ratios,
         s.astrometric_rms
     );
-    // Checks the science core meets (issue targets):
+    // The checks of the science-core issue (with this seed: noise 1.007/1.004,
+    // astrometry 0.005″/0.007″, completeness 0.988 / 0.984, 4 spurious per 4096²
+    // after the cut and 40 before, flux ratio 0.999, pull σ 1.15):
     for n in &s.noise_ratios {
         assert!(
             (0.95..=1.10).contains(n),
@@ -279,20 +288,22 @@ fn simulated_detectors_meet_the_science_checks() {
         s.bright_total
     );
     assert!(bright >= 0.95, "completeness at SNR ≥ 10: {bright}");
-    // Not met yet: the issue asks for ≥ 0.80 at SNR 6–10, ≤ 10 spurious per 4096²,
-    // median flux ratio within 2% and pull σ 0.9–1.2. These bounds guard today's
-    // figures (0.50, 22, 0.979, 2.0 with this seed) against regressions; tighten them
-    // to the targets as the stages improve.
-    assert!(faint >= 0.40, "completeness at SNR 6–10: {faint}");
     assert!(
-        spurious_4k <= 40.0,
+        s.faint_total >= 30,
+        "too few SNR 6–10 transients to judge: {}",
+        s.faint_total
+    );
+    assert!(faint >= 0.80, "completeness at SNR 6–10: {faint}");
+    // After the reliability cut (`PipelineConfig::reliability_threshold`, 0.5).
+    assert!(
+        spurious_4k <= 10.0,
         "spurious per 4096² after the cut: {spurious_4k}"
     );
     assert!(
-        (med_ratio - 1.0).abs() <= 0.03,
+        (med_ratio - 1.0).abs() <= 0.02,
         "median PSF flux ratio {med_ratio}"
     );
-    assert!((0.9..=2.5).contains(&pull_std), "pull σ {pull_std}");
+    assert!((0.9..=1.2).contains(&pull_std), "pull σ {pull_std}");
 }
 
 #[test]
