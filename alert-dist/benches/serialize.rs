@@ -40,7 +40,9 @@ fn serialize(c: &mut Criterion) {
             decode_framed(&framed).unwrap().value
         })
         .collect();
-    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&w).build().unwrap();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&w)
+        .build()
+        .unwrap();
     g.bench_function("apache_avro_value_64_alerts", |b| {
         b.iter_batched(
             || values.clone(),

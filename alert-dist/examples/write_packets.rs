@@ -20,7 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 10 sources: one is a solar-system source (every tenth); cutouts of 33 px.
     let v = synth::visit(20261122, 10, 3, 5, 33);
     let mut enc = AlertEncoder::new();
-    let out = assemble(&v.sources(), &v.context, &AssembleConfig::default(), &mut enc);
+    let out = assemble(
+        &v.sources(),
+        &v.context,
+        &AssembleConfig::default(),
+        &mut enc,
+    );
     if !out.dead_letters.is_empty() {
         return Err(format!("dead letters: {:?}", out.dead_letters).into());
     }
@@ -36,7 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             gz.write_all(&p.bytes)?;
             gz.finish()?;
         }
-        let obj = ds.dia_object_id.and_then(|o| v.dia_objects.iter().find(|x| x.dia_object_id == o));
+        let obj = ds
+            .dia_object_id
+            .and_then(|o| v.dia_objects.iter().find(|x| x.dia_object_id == o));
         let n_prv = ds.dia_object_id.map(|o| {
             v.history
                 .iter()
@@ -79,7 +86,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         }));
     }
-    std::fs::write(dir.join("expected.json"), serde_json::to_string_pretty(&expected)?)?;
+    std::fs::write(
+        dir.join("expected.json"),
+        serde_json::to_string_pretty(&expected)?,
+    )?;
     println!("wrote {} packets to {}", out.packets.len(), dir.display());
     Ok(())
 }

@@ -12,11 +12,24 @@
 /// IAU 2006 obliquity of the ecliptic at J2000, degrees.
 pub const OBLIQUITY_J2000_DEG: f64 = 84381.406 / 3600.0;
 
-/// ICRS → Galactic (Hipparcos, ESA 1997).
+/// ICRS → Galactic (Hipparcos, ESA 1997), digits as published.
+#[allow(clippy::excessive_precision)]
 const ICRS_TO_GAL: [[f64; 3]; 3] = [
-    [-0.054_875_560_416_215_4, -0.873_437_090_234_885, -0.483_835_015_548_713_2],
-    [0.494_109_427_875_583_7, -0.444_829_629_960_011_2, 0.746_982_244_497_218_9],
-    [-0.867_666_149_019_004_7, -0.198_076_373_431_201_5, 0.455_983_776_175_066_9],
+    [
+        -0.054_875_560_416_215_4,
+        -0.873_437_090_234_885,
+        -0.483_835_015_548_713_2,
+    ],
+    [
+        0.494_109_427_875_583_7,
+        -0.444_829_629_960_011_2,
+        0.746_982_244_497_218_9,
+    ],
+    [
+        -0.867_666_149_019_004_7,
+        -0.198_076_373_431_201_5,
+        0.455_983_776_175_066_9,
+    ],
 ];
 
 fn unit(ra_deg: f64, dec_deg: f64) -> [f64; 3] {
@@ -65,6 +78,9 @@ mod tests {
         assert!(lam.abs() < 1e-12 && beta.abs() < 1e-12);
         // Summer solstice: λ = 90°, β = 0 at RA 6h, Dec +ε.
         let (lam, beta) = ecliptic_j2000(90.0, OBLIQUITY_J2000_DEG);
-        assert!((lam - 90.0).abs() < 1e-9 && beta.abs() < 1e-9, "{lam} {beta}");
+        assert!(
+            (lam - 90.0).abs() < 1e-9 && beta.abs() < 1e-9,
+            "{lam} {beta}"
+        );
     }
 }

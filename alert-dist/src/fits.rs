@@ -135,7 +135,12 @@ fn push_comment(out: &mut Vec<u8>, mut s: String, comment: &str) {
     if !comment.is_empty() && s.len() < CARD - 3 {
         s.push_str(" / ");
         let room = CARD - s.len();
-        s.extend(comment.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).take(room));
+        s.extend(
+            comment
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .take(room),
+        );
     }
     s.truncate(CARD);
     out.extend_from_slice(s.as_bytes());
@@ -222,7 +227,11 @@ pub fn cutout_fits(c: &Cutout, extra: &ExtraCards) -> Result<Vec<u8>, FitsError>
     let wcs = c.wcs.cards();
     let mut out = Vec::with_capacity(4 * BLOCK + 3 * (w * h * 4 + BLOCK) + c.psf.data().len() * 4);
     let mut primary = vec![
-        ("BUNIT".to_string(), Str("nJy".into()), "pixel unit".to_string()),
+        (
+            "BUNIT".to_string(),
+            Str("nJy".into()),
+            "pixel unit".to_string(),
+        ),
         (
             "CUTMINX".to_string(),
             Int(c.x0),
@@ -236,7 +245,13 @@ pub fn cutout_fits(c: &Cutout, extra: &ExtraCards) -> Result<Vec<u8>, FitsError>
     ];
     primary.extend(wcs.iter().cloned());
     primary.extend(extra.iter().cloned());
-    hdu(&mut out, None, (w, h), Data::F32(c.masked.image.data()), &primary)?;
+    hdu(
+        &mut out,
+        None,
+        (w, h),
+        Data::F32(c.masked.image.data()),
+        &primary,
+    )?;
 
     let mcards: Vec<Card> = mask::PLANES
         .iter()
@@ -255,7 +270,13 @@ pub fn cutout_fits(c: &Cutout, extra: &ExtraCards) -> Result<Vec<u8>, FitsError>
             why: format!("mask bits {all_bits:#x} do not fit the 16-bit MASK HDU"),
         });
     }
-    hdu(&mut out, Some("MASK"), (w, h), Data::I16(c.masked.mask.data()), &mcards)?;
+    hdu(
+        &mut out,
+        Some("MASK"),
+        (w, h),
+        Data::I16(c.masked.mask.data()),
+        &mcards,
+    )?;
 
     let ucards = vec![(
         "UTYPE".to_string(),
@@ -333,7 +354,10 @@ pub struct FitsImage {
 impl FitsImage {
     /// The raw value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.cards.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.cards
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     /// The image as an [`Image`].
     pub fn to_image(&self) -> Image<f32> {
@@ -358,7 +382,8 @@ fn parse_header(bytes: &[u8], at: usize) -> Result<(Vec<(String, String)>, usize
             .get(pos..pos + CARD)
             .ok_or_else(|| FitsError::Malformed("header without END".into()))?;
         pos += CARD;
-        let text = std::str::from_utf8(c).map_err(|_| FitsError::Malformed("non-ASCII header".into()))?;
+        let text =
+            std::str::from_utf8(c).map_err(|_| FitsError::Malformed("non-ASCII header".into()))?;
         let (key, rest) = if let Some(h) = text.strip_prefix("HIERARCH ") {
             match h.split_once('=') {
                 Some((k, r)) => (k.trim().to_string(), r.trim_start()),
@@ -391,7 +416,11 @@ fn parse_header(bytes: &[u8], at: usize) -> Result<(Vec<(String, String)>, usize
             }
             v.trim_end().to_string()
         } else {
-            rest.split('/').next().unwrap_or_default().trim().to_string()
+            rest.split('/')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
         };
         cards.push((key, value));
     }
@@ -475,7 +504,11 @@ mod tests {
         assert!(card(&mut out, "lower", &CardValue::Int(1), "").is_err());
         let mut h = Vec::new();
         card(&mut h, "MP_NO_DATA", &CardValue::Int(5), "bit").unwrap();
-        assert!(std::str::from_utf8(&h).unwrap().starts_with("HIERARCH MP_NO_DATA = 5 / bit"));
+        assert!(
+            std::str::from_utf8(&h)
+                .unwrap()
+                .starts_with("HIERARCH MP_NO_DATA = 5 / bit")
+        );
         assert!(card(&mut out, "NAN", &CardValue::Float(f64::NAN), "").is_err());
         end_header(&mut out);
         assert_eq!(out.len(), BLOCK);
@@ -483,7 +516,10 @@ mod tests {
 
     #[test]
     fn reader_refuses_truncated_files() {
-        assert!(matches!(read_image(b"SIMPLE", None), Err(FitsError::Malformed(_))));
+        assert!(matches!(
+            read_image(b"SIMPLE", None),
+            Err(FitsError::Malformed(_))
+        ));
         assert!(read_image(&[], Some("MASK")).is_err());
     }
 }

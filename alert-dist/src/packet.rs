@@ -162,7 +162,12 @@ fn value_text(v: &Value) -> String {
 }
 
 #[inline]
-fn put_value(rec: &'static str, f: &FieldPlan, v: &Value, out: &mut Vec<u8>) -> Result<(), PacketError> {
+fn put_value(
+    rec: &'static str,
+    f: &FieldPlan,
+    v: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), PacketError> {
     use apflow_apdb::schema::ColumnType as T;
     match (f.ty, v) {
         (T::Long, Value::Long(x)) => put_long(out, *x),
@@ -186,7 +191,10 @@ fn put_value(rec: &'static str, f: &FieldPlan, v: &Value, out: &mut Vec<u8>) -> 
 /// Encodes one record from its values in column order.
 fn put_record(plan: &RecordPlan, values: &[Value], out: &mut Vec<u8>) -> Result<(), PacketError> {
     for f in &plan.fields {
-        let v = f.source.and_then(|i| values.get(i)).filter(|v| !matches!(v, Value::Null));
+        let v = f
+            .source
+            .and_then(|i| values.get(i))
+            .filter(|v| !matches!(v, Value::Null));
         match (f.nullable, v) {
             (true, None) => out.push(0),
             (true, Some(v)) => {
@@ -218,7 +226,12 @@ impl AlertEncoder {
         Self::default()
     }
 
-    fn record<F: Fields>(&mut self, plan: &RecordPlan, r: &F, out: &mut Vec<u8>) -> Result<(), PacketError> {
+    fn record<F: Fields>(
+        &mut self,
+        plan: &RecordPlan,
+        r: &F,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PacketError> {
         self.scratch.clear();
         r.push_values(&mut self.scratch);
         put_record(plan, &self.scratch, out)
@@ -263,7 +276,11 @@ impl AlertEncoder {
         opt_str(out, &a.context.target_name);
         self.record(&s.dia_source, &a.dia_source, out)?;
         self.array(&s.dia_source, a.prv_dia_sources.as_deref(), out)?;
-        self.array(&s.dia_forced_source, a.prv_dia_forced_sources.as_deref(), out)?;
+        self.array(
+            &s.dia_forced_source,
+            a.prv_dia_forced_sources.as_deref(),
+            out,
+        )?;
         match &a.dia_object {
             None => out.push(0),
             Some(o) => {
@@ -305,9 +322,8 @@ impl AlertEncoder {
 
     /// The framed packet as a new buffer.
     pub fn to_framed(&mut self, a: &AlertInput) -> Result<Vec<u8>, PacketError> {
-        let mut out = Vec::with_capacity(
-            HEADER_LEN + 4096 + a.cutouts.as_ref().map_or(0, |c| c.len() + 16),
-        );
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + 4096 + a.cutouts.as_ref().map_or(0, |c| c.len() + 16));
         self.encode_framed(a, &mut out)?;
         Ok(out)
     }
@@ -371,7 +387,9 @@ pub struct Packet {
 #[non_exhaustive]
 pub enum DeadLetterReason {
     /// Over the size limit even with the smallest cutouts.
-    #[error("packet of {bytes} bytes with {cutout_size} px cutouts exceeds the limit of {limit} bytes")]
+    #[error(
+        "packet of {bytes} bytes with {cutout_size} px cutouts exceeds the limit of {limit} bytes"
+    )]
     TooLarge {
         /// Size at the smallest cutouts.
         bytes: usize,
@@ -426,7 +444,11 @@ impl<'a> Index<'a> {
             forced.entry(f.dia_object_id).or_default().push(f);
         }
         Self {
-            objects: src.dia_objects.iter().map(|o| (o.dia_object_id, o)).collect(),
+            objects: src
+                .dia_objects
+                .iter()
+                .map(|o| (o.dia_object_id, o))
+                .collect(),
             history,
             forced,
         }
@@ -478,7 +500,11 @@ fn input_for(
         input.prv_dia_forced_sources = Some(forced);
     }
     if let Some(sid) = ds.ss_object_id {
-        input.ss_object = src.ss_objects.iter().find(|s| s.ss_object_id == sid).cloned();
+        input.ss_object = src
+            .ss_objects
+            .iter()
+            .find(|s| s.ss_object_id == sid)
+            .cloned();
     }
     Ok(input)
 }
@@ -516,7 +542,11 @@ fn packet_for(
             shrunk: false,
         });
     };
-    let mut side = full.difference.masked.width().max(full.difference.masked.height());
+    let mut side = full
+        .difference
+        .masked
+        .width()
+        .max(full.difference.masked.height());
     let mut current = None;
     loop {
         let set = current.as_ref().unwrap_or(full);
@@ -584,7 +614,8 @@ pub fn inputs(
         let r = input_for(ds, src, &idx, ctx, cfg).and_then(|mut input| {
             if let Some(set) = src.cutouts.get(&ds.dia_source_id) {
                 input.cutouts = Some(
-                    fits::cutout_set_fits(set, &id_card(ds.dia_source_id)).map_err(PacketError::from)?,
+                    fits::cutout_set_fits(set, &id_card(ds.dia_source_id))
+                        .map_err(PacketError::from)?,
                 );
             }
             Ok(input)
@@ -621,9 +652,15 @@ pub fn decode_framed(msg: &[u8]) -> Result<DecodedAlert, PacketError> {
         .and_then(|r| r.read_value(&mut body))
         .map_err(|e| PacketError::Decode(e.to_string()))?;
     if !body.is_empty() {
-        return Err(PacketError::Decode(format!("{} trailing bytes", body.len())));
+        return Err(PacketError::Decode(format!(
+            "{} trailing bytes",
+            body.len()
+        )));
     }
-    Ok(DecodedAlert { schema_id: id, value })
+    Ok(DecodedAlert {
+        schema_id: id,
+        value,
+    })
 }
 
 /// Reads a packet file: the framed bytes, or gzip-compressed framed bytes

@@ -272,7 +272,10 @@ fn rubin_type(t: &Json) -> (String, bool) {
             };
             (name, u.len() > non_null.len())
         }
-        other => (other["type"].as_str().unwrap_or("complex").to_string(), false),
+        other => (
+            other["type"].as_str().unwrap_or("complex").to_string(),
+            false,
+        ),
     }
 }
 
@@ -310,7 +313,11 @@ fn typed(ty: ColumnType, nullable: bool) -> Json {
 }
 
 /// Generates one record from Rubin's field list and our columns.
-fn record(record: &'static str, doc: &str, columns: &[Column]) -> Result<(Json, RecordPlan), SchemaError> {
+fn record(
+    record: &'static str,
+    doc: &str,
+    columns: &[Column],
+) -> Result<(Json, RecordPlan), SchemaError> {
     let reference = rubin(record)?;
     let mut fields = Vec::new();
     let mut plan = Vec::new();
@@ -329,7 +336,11 @@ fn record(record: &'static str, doc: &str, columns: &[Column]) -> Result<(Json, 
                         record: record.into(),
                         field: name.into(),
                         ours: c.ty.avro_name(),
-                        theirs: if their_nullable { theirs } else { format!("{theirs} (non-null)") },
+                        theirs: if their_nullable {
+                            theirs
+                        } else {
+                            format!("{theirs} (non-null)")
+                        },
                     });
                 }
                 let mut field = Map::new();
@@ -385,7 +396,10 @@ fn record(record: &'static str, doc: &str, columns: &[Column]) -> Result<(Json, 
         if !plan.iter().any(|p| p.name == c.name) {
             return Err(SchemaError::Reference(
                 record.into(),
-                format!("column {} is marked avro but lsst.v11_0 has no such field", c.name),
+                format!(
+                    "column {} is marked avro but lsst.v11_0 has no such field",
+                    c.name
+                ),
             ));
         }
     }
@@ -437,9 +451,7 @@ pub fn generate() -> Result<AlertSchema, SchemaError> {
     )?;
     let mpc_orbits = rubin("mpc_orbits")?;
     let full = |n: &str| format!("{NAMESPACE}.{n}");
-    let nullable = |t: Json, doc: &str, name: &str| {
-        json!({"name": name, "type": ["null", t], "default": null, "doc": doc})
-    };
+    let nullable = |t: Json, doc: &str, name: &str| json!({"name": name, "type": ["null", t], "default": null, "doc": doc});
     let alert = json!({
         "type": "record",
         "name": "alert",
@@ -494,7 +506,8 @@ pub fn parsed_writer_schema() -> Result<apache_avro::Schema, apache_avro::Error>
 
 /// Rubin's `lsst.v11_0.alert` parsed with its referenced named types, for use as the
 /// reader schema: `(alert, all named schemas)`.
-pub fn rubin_reader_schema() -> Result<(apache_avro::Schema, Vec<apache_avro::Schema>), apache_avro::Error> {
+pub fn rubin_reader_schema()
+-> Result<(apache_avro::Schema, Vec<apache_avro::Schema>), apache_avro::Error> {
     let others: Vec<&str> = RUBIN_V11_0
         .iter()
         .filter(|(n, _)| *n != "alert" && *n != "ssObject")
@@ -514,13 +527,28 @@ mod tests {
         // Every APDB avro column of DiaSource has a field with a source.
         let cols = table_columns("DiaSource").unwrap();
         for c in cols.iter().filter(|c| c.avro) {
-            let f = s.dia_source.fields.iter().find(|f| f.name == c.name).unwrap();
+            let f = s
+                .dia_source
+                .fields
+                .iter()
+                .find(|f| f.name == c.name)
+                .unwrap();
             assert_eq!(f.source.map(|i| &cols[i].name), Some(&c.name));
             assert_eq!((f.ty, f.nullable), (c.ty, c.nullable));
         }
         // Local columns are not in the alert.
-        assert!(!s.dia_object.fields.iter().any(|f| f.name == "validityEndMjdTai"));
-        assert!(!s.dia_object.fields.iter().any(|f| f.name.ends_with("psfFluxChi2")));
+        assert!(
+            !s.dia_object
+                .fields
+                .iter()
+                .any(|f| f.name == "validityEndMjdTai")
+        );
+        assert!(
+            !s.dia_object
+                .fields
+                .iter()
+                .any(|f| f.name.ends_with("psfFluxChi2"))
+        );
         // Field order is Rubin's.
         let rubin_names: Vec<String> = rubin("diaSource").unwrap()["fields"]
             .as_array()
@@ -535,7 +563,11 @@ mod tests {
             assert!(f.source.is_some() || f.nullable, "{}", f.name);
         }
         assert_eq!(
-            s.ss_source.fields.iter().filter(|f| f.source.is_some()).count(),
+            s.ss_source
+                .fields
+                .iter()
+                .filter(|f| f.source.is_some())
+                .count(),
             7
         );
     }

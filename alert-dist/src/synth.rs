@@ -23,6 +23,9 @@ use rand_distr::{Distribution, Normal};
 
 use crate::packet::{AlertInput, AlertSources, VisitContext};
 
+/// First visit id of the synthetic night (day_obs 20261122 × 100000).
+const VISIT0: u64 = 2_026_112_200_000;
+
 /// A record of type `R` with every column set from `rng`.
 fn filled<R: Record>(rng: &mut ChaCha8Rng) -> R {
     let values: Vec<Value> = R::columns()
@@ -41,10 +44,17 @@ fn filled<R: Record>(rng: &mut ChaCha8Rng) -> R {
 }
 
 /// A synthetic DiaSource of `object` at (ra, dec) and time `t`.
-pub fn dia_source(rng: &mut ChaCha8Rng, id: i64, object: i64, ra: f64, dec: f64, t: f64) -> DiaSource {
+pub fn dia_source(
+    rng: &mut ChaCha8Rng,
+    id: i64,
+    object: i64,
+    ra: f64,
+    dec: f64,
+    t: f64,
+) -> DiaSource {
     let mut s: DiaSource = filled(rng);
     s.dia_source_id = DiaSourceId(id);
-    s.visit = VisitId(2026_1122_00000 + rng.random_range(0..1000));
+    s.visit = VisitId(VISIT0 + rng.random_range(0..1000));
     s.detector = DetectorId(rng.random_range(0..189));
     s.dia_object_id = Some(DiaObjectId(object));
     s.ss_object_id = None;
@@ -70,13 +80,20 @@ pub fn dia_object(rng: &mut ChaCha8Rng, id: i64, ra: f64, dec: f64, t: f64) -> D
 }
 
 /// A synthetic forced source of `object`.
-pub fn forced_source(rng: &mut ChaCha8Rng, id: i64, object: i64, ra: f64, dec: f64, t: f64) -> DiaForcedSource {
+pub fn forced_source(
+    rng: &mut ChaCha8Rng,
+    id: i64,
+    object: i64,
+    ra: f64,
+    dec: f64,
+    t: f64,
+) -> DiaForcedSource {
     let mut f: DiaForcedSource = filled(rng);
     f.dia_forced_source_id = id;
     f.dia_object_id = DiaObjectId(object);
     f.ra = ra;
     f.dec = dec;
-    f.visit = VisitId(2026_1122_00000 + rng.random_range(0..1000));
+    f.visit = VisitId(VISIT0 + rng.random_range(0..1000));
     f.detector = DetectorId(rng.random_range(0..189));
     f.midpoint_mjd_tai = MjdTai(t);
     f.time_processed_mjd_tai = t + 0.001;
@@ -87,9 +104,17 @@ pub fn forced_source(rng: &mut ChaCha8Rng, id: i64, object: i64, ra: f64, dec: f
 
 /// One cutout: noise of σ = `sigma` nJy, a Gaussian source of `flux` nJy (σ_psf = 1.7 px)
 /// at the centre, variance σ², a few masked pixels.
-pub fn cutout(rng: &mut ChaCha8Rng, size: usize, wcs: &TanSipWcs, x0: i64, y0: i64, flux: f32) -> Cutout {
+pub fn cutout(
+    rng: &mut ChaCha8Rng,
+    size: usize,
+    wcs: &TanSipWcs,
+    x0: i64,
+    y0: i64,
+    flux: f32,
+) -> Cutout {
     let sigma = 25.0f32;
-    let noise = Normal::new(0.0f32, sigma).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
+    let noise =
+        Normal::new(0.0f32, sigma).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
     let psf_sigma = 1.7f32;
     let c = (size / 2) as f32;
     let mut img = Image::new(size, size);
@@ -114,7 +139,9 @@ pub fn cutout(rng: &mut ChaCha8Rng, size: usize, wcs: &TanSipWcs, x0: i64, y0: i
     let mut sum = 0.0;
     for y in 0..k {
         for x in 0..k {
-            let v = (-0.5 * ((x as f32 - kc).powi(2) + (y as f32 - kc).powi(2)) / (psf_sigma * psf_sigma)).exp();
+            let v = (-0.5 * ((x as f32 - kc).powi(2) + (y as f32 - kc).powi(2))
+                / (psf_sigma * psf_sigma))
+                .exp();
             psf.set(x, y, v);
             sum += v;
         }
@@ -210,7 +237,10 @@ pub fn visit(seed: u64, n: usize, n_prv: usize, n_forced: usize, cutout_size: us
         next_id
     };
     for k in 0..n {
-        let (x, y) = (rng.random_range(20.0..4076.0), rng.random_range(20.0..4076.0));
+        let (x, y) = (
+            rng.random_range(20.0..4076.0),
+            rng.random_range(20.0..4076.0),
+        );
         let (ra, dec) = wcs.pixel_to_sky(x, y);
         let sid = id();
         let ss = k % 10 == 9;
@@ -233,20 +263,33 @@ pub fn visit(seed: u64, n: usize, n_prv: usize, n_forced: usize, cutout_size: us
             v.dia_objects.push(dia_object(&mut rng, oid, ra, dec, t));
             for j in 0..n_prv + 2 {
                 // Two of them are older than a year: the window must drop them.
-                let dt = if j < 2 { 400.0 + j as f64 } else { rng.random_range(1.0..360.0) };
+                let dt = if j < 2 {
+                    400.0 + j as f64
+                } else {
+                    rng.random_range(1.0..360.0)
+                };
                 let hid = id();
-                v.history.push(dia_source(&mut rng, hid, oid, ra, dec, t - dt));
+                v.history
+                    .push(dia_source(&mut rng, hid, oid, ra, dec, t - dt));
             }
             for j in 0..n_forced + 1 {
-                let dt = if j == 0 { 500.0 } else { rng.random_range(1.0..360.0) };
+                let dt = if j == 0 {
+                    500.0
+                } else {
+                    rng.random_range(1.0..360.0)
+                };
                 let fid = id();
-                v.forced.push(forced_source(&mut rng, fid, oid, ra, dec, t - dt));
+                v.forced
+                    .push(forced_source(&mut rng, fid, oid, ra, dec, t - dt));
             }
             let mut s = dia_source(&mut rng, sid, oid, ra, dec, t);
             (s.x, s.y) = (x as f32, y as f32);
             v.dia_sources.push(s);
         }
-        v.cutouts.insert(DiaSourceId(sid), cutout_set(&mut rng, cutout_size, &wcs, x, y));
+        v.cutouts.insert(
+            DiaSourceId(sid),
+            cutout_set(&mut rng, cutout_size, &wcs, x, y),
+        );
     }
     v
 }

@@ -7,7 +7,11 @@
 /// the sample's min and max when too many points are rejected. `None` when no value
 /// is finite.
 pub fn zscale(data: &[f32], n_samples: usize, contrast: f64) -> Option<(f64, f64)> {
-    let finite: Vec<f64> = data.iter().filter(|v| v.is_finite()).map(|&v| f64::from(v)).collect();
+    let finite: Vec<f64> = data
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|&v| f64::from(v))
+        .collect();
     if finite.is_empty() {
         return None;
     }
@@ -19,12 +23,19 @@ pub fn zscale(data: &[f32], n_samples: usize, contrast: f64) -> Option<(f64, f64
     if n < 5 {
         return Some((lo, hi));
     }
-    let median = if n % 2 == 1 { s[n / 2] } else { 0.5 * (s[n / 2 - 1] + s[n / 2]) };
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    };
     let min_pix = (n / 2).max(5);
     let mut keep = vec![true; n];
     let (mut slope, mut intercept) = (0.0, median);
     for _ in 0..5 {
-        let pts: Vec<(f64, f64)> = (0..n).filter(|&i| keep[i]).map(|i| (i as f64, s[i])).collect();
+        let pts: Vec<(f64, f64)> = (0..n)
+            .filter(|&i| keep[i])
+            .map(|i| (i as f64, s[i]))
+            .collect();
         if pts.len() < min_pix {
             return Some((lo, hi));
         }
@@ -35,7 +46,10 @@ pub fn zscale(data: &[f32], n_samples: usize, contrast: f64) -> Option<(f64, f64
         let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
         slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
         intercept = my - slope * mx;
-        let resid: Vec<f64> = pts.iter().map(|p| p.1 - (intercept + slope * p.0)).collect();
+        let resid: Vec<f64> = pts
+            .iter()
+            .map(|p| p.1 - (intercept + slope * p.0))
+            .collect();
         let sigma = (resid.iter().map(|r| r * r).sum::<f64>() / m).sqrt();
         let mut changed = false;
         for i in 0..n {
@@ -84,7 +98,9 @@ mod tests {
         // Uniform values in [-25, 25] plus a few very bright pixels: the limits are
         // the median ± (range / contrast) / 2 = ±100, clipped to the data's minimum
         // below and far below the star above.
-        let mut d: Vec<f32> = (0..900).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.5).collect();
+        let mut d: Vec<f32> = (0..900)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.5)
+            .collect();
         for v in d.iter_mut().take(10) {
             *v = 1e5;
         }
@@ -92,7 +108,11 @@ mod tests {
         assert!((z1 + 25.0).abs() < 1e-9, "{z1}");
         assert!((z2 - 100.0).abs() < 10.0, "{z2}");
         assert!(zscale(&[f32::NAN], 10, 0.25).is_none());
-        let g = asinh_grey(&[-100.0, z1 as f32, z2 as f32, 1e5, f32::NAN], (z1, z2), 0.1);
+        let g = asinh_grey(
+            &[-100.0, z1 as f32, z2 as f32, 1e5, f32::NAN],
+            (z1, z2),
+            0.1,
+        );
         assert_eq!(g, vec![0, 0, 255, 255, 0]);
         let mid = asinh_grey(&[((z1 + z2) / 2.0) as f32], (z1, z2), 0.1)[0];
         assert!(mid > 128, "asinh lifts the middle: {mid}");

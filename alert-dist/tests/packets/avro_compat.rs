@@ -2,13 +2,15 @@
 //! the values put in, equal apache-avro's own encoding, and resolve with Rubin's
 //! `lsst.v11_0` alert schema as reader.
 
-use apache_avro::reader::datum::GenericDatumReader;
-use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::RecordSchema;
 use apache_avro::types::Value as A;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apflow_alert_dist::packet::{AlertEncoder, AlertInput, ss_source_values};
-use apflow_alert_dist::schema::{SCHEMA_ID, parsed_writer_schema, rubin_reader_schema, ss_source_columns};
+use apflow_alert_dist::schema::{
+    SCHEMA_ID, parsed_writer_schema, rubin_reader_schema, ss_source_columns,
+};
 use apflow_alert_dist::{synth, wire};
 use apflow_apdb::schema::{Column, DiaForcedSource, DiaObject, DiaSource, Record, Value};
 
@@ -72,25 +74,43 @@ fn expected_alert(w: &Schema, a: &AlertInput) -> A {
     let obj = find_record(w, "diaObject").unwrap();
     let fs = find_record(w, "diaForcedSource").unwrap();
     let ss = find_record(w, "ssSource").unwrap();
-    let (sc, oc, fc) = (DiaSource::columns(), DiaObject::columns(), DiaForcedSource::columns());
+    let (sc, oc, fc) = (
+        DiaSource::columns(),
+        DiaObject::columns(),
+        DiaForcedSource::columns(),
+    );
     let opt_s = |s: &Option<String>| s.clone().map_or(none(), |s| some(A::String(s)));
     let arr = |items: Option<A>| items.map_or(none(), some);
     let bytes = |b: Option<&Vec<u8>>| b.map_or(none(), |b| some(A::Bytes(b.clone())));
     A::Record(vec![
         ("diaSourceId".into(), A::Long(a.dia_source.dia_source_id.0)),
-        ("observation_reason".into(), opt_s(&a.context.observation_reason)),
+        (
+            "observation_reason".into(),
+            opt_s(&a.context.observation_reason),
+        ),
         ("target_name".into(), opt_s(&a.context.target_name)),
-        ("diaSource".into(), expected_record(src, &sc, &a.dia_source.to_values())),
+        (
+            "diaSource".into(),
+            expected_record(src, &sc, &a.dia_source.to_values()),
+        ),
         (
             "prvDiaSources".into(),
             arr(a.prv_dia_sources.as_ref().map(|v| {
-                A::Array(v.iter().map(|s| expected_record(src, &sc, &s.to_values())).collect())
+                A::Array(
+                    v.iter()
+                        .map(|s| expected_record(src, &sc, &s.to_values()))
+                        .collect(),
+                )
             })),
         ),
         (
             "prvDiaForcedSources".into(),
             arr(a.prv_dia_forced_sources.as_ref().map(|v| {
-                A::Array(v.iter().map(|s| expected_record(fs, &fc, &s.to_values())).collect())
+                A::Array(
+                    v.iter()
+                        .map(|s| expected_record(fs, &fc, &s.to_values()))
+                        .collect(),
+                )
             })),
         ),
         (
@@ -101,13 +121,23 @@ fn expected_alert(w: &Schema, a: &AlertInput) -> A {
         ),
         (
             "ssSource".into(),
-            ss_source_values(&a.dia_source, a.ss_object.as_ref())
-                .map_or(none(), |v| some(expected_record(ss, &ss_source_columns(), &v))),
+            ss_source_values(&a.dia_source, a.ss_object.as_ref()).map_or(none(), |v| {
+                some(expected_record(ss, &ss_source_columns(), &v))
+            }),
         ),
         ("mpc_orbits".into(), none()),
-        ("cutoutDifference".into(), bytes(a.cutouts.as_ref().map(|c| &c.difference))),
-        ("cutoutScience".into(), bytes(a.cutouts.as_ref().map(|c| &c.science))),
-        ("cutoutTemplate".into(), bytes(a.cutouts.as_ref().map(|c| &c.template))),
+        (
+            "cutoutDifference".into(),
+            bytes(a.cutouts.as_ref().map(|c| &c.difference)),
+        ),
+        (
+            "cutoutScience".into(),
+            bytes(a.cutouts.as_ref().map(|c| &c.science)),
+        ),
+        (
+            "cutoutTemplate".into(),
+            bytes(a.cutouts.as_ref().map(|c| &c.template)),
+        ),
     ])
 }
 
@@ -138,17 +168,35 @@ fn our_bytes_decode_to_the_values_put_in_and_equal_apache_avro_encoding() {
         assert_eq!(id, SCHEMA_ID);
         let expected = expected_alert(&w, &a);
         let mut r = body;
-        let decoded = GenericDatumReader::builder(&w).build().unwrap().read_value(&mut r).unwrap();
+        let decoded = GenericDatumReader::builder(&w)
+            .build()
+            .unwrap()
+            .read_value(&mut r)
+            .unwrap();
         assert!(r.is_empty(), "{} bytes left over", r.len());
-        assert!(decoded == expected, "decoded datum differs for {:?}", a.dia_source.dia_source_id);
-        let theirs = GenericDatumWriter::builder(&w).build().unwrap().write_value_to_vec(expected).unwrap();
+        assert!(
+            decoded == expected,
+            "decoded datum differs for {:?}",
+            a.dia_source.dia_source_id
+        );
+        let theirs = GenericDatumWriter::builder(&w)
+            .build()
+            .unwrap()
+            .write_value_to_vec(expected)
+            .unwrap();
         assert_eq!(theirs.as_slice(), body, "apache-avro encodes differently");
     }
 }
 
 fn field<'a>(v: &'a A, name: &str) -> &'a A {
-    let A::Record(fs) = v else { panic!("not a record: {v:?}") };
-    let v = &fs.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no {name}")).1;
+    let A::Record(fs) = v else {
+        panic!("not a record: {v:?}")
+    };
+    let v = &fs
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .1;
     match v {
         A::Union(_, b) => b,
         v => v,
@@ -176,10 +224,16 @@ fn rubin_lsst_v11_0_reads_our_packets() {
         assert_eq!(field(src, "ra"), &A::Double(ds.ra));
         assert_eq!(field(src, "visit"), &A::Long(ds.visit.0 as i64));
         assert_eq!(field(src, "detector"), &A::Int(i32::from(ds.detector.0)));
-        assert_eq!(field(src, "psfFlux"), &ds.psf_flux.map_or(A::Null, A::Float));
+        assert_eq!(
+            field(src, "psfFlux"),
+            &ds.psf_flux.map_or(A::Null, A::Float)
+        );
         assert_eq!(field(src, "band"), &A::String(ds.band.clone()));
         match &a.cutouts {
-            Some(c) => assert_eq!(field(&v, "cutoutDifference"), &A::Bytes(c.difference.clone())),
+            Some(c) => assert_eq!(
+                field(&v, "cutoutDifference"),
+                &A::Bytes(c.difference.clone())
+            ),
             None => assert_eq!(field(&v, "cutoutDifference"), &A::Null),
         }
         match ds.ss_object_id {
@@ -195,9 +249,13 @@ fn rubin_lsst_v11_0_reads_our_packets() {
                 let obj = a.dia_object.as_ref().unwrap();
                 assert_eq!(field(o, "diaObjectId"), &A::Long(obj.dia_object_id.0));
                 assert_eq!(field(o, "nDiaSources"), &A::Int(obj.n_dia_sources));
-                let A::Array(prv) = field(&v, "prvDiaSources") else { panic!() };
+                let A::Array(prv) = field(&v, "prvDiaSources") else {
+                    panic!()
+                };
                 assert_eq!(prv.len(), a.prv_dia_sources.as_ref().unwrap().len());
-                let A::Array(f) = field(&v, "prvDiaForcedSources") else { panic!() };
+                let A::Array(f) = field(&v, "prvDiaForcedSources") else {
+                    panic!()
+                };
                 assert_eq!(f.len(), a.prv_dia_forced_sources.as_ref().unwrap().len());
             }
         }

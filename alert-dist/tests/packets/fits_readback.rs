@@ -22,7 +22,11 @@ fn cfitsio_reads_back_every_plane_and_the_wcs() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let wcs = synth::detector_wcs(201.5, -43.0);
     let c = synth::cutout(&mut rng, 37, &wcs, 1500, 2200, 4000.0);
-    let extra = [("DIASRCID".to_string(), CardValue::Int(12345), "id".to_string())];
+    let extra = [(
+        "DIASRCID".to_string(),
+        CardValue::Int(12345),
+        "id".to_string(),
+    )];
     let bytes = cutout_fits(&c, &extra).unwrap();
     assert_eq!(bytes.len() % fits::BLOCK, 0);
     let dir = tempfile::tempdir().unwrap();
@@ -38,7 +42,10 @@ fn cfitsio_reads_back_every_plane_and_the_wcs() {
     // Shortest round-trip formatting: the WCS comes back bit for bit.
     assert_eq!(back, c.wcs);
     // And it is the detector WCS moved to the cutout's grid.
-    let (a, b) = (back.pixel_to_sky(3.0, 4.0), wcs.pixel_to_sky(1503.0, 2204.0));
+    let (a, b) = (
+        back.pixel_to_sky(3.0, 4.0),
+        wcs.pixel_to_sky(1503.0, 2204.0),
+    );
     assert!((a.0 - b.0).abs() < 1e-10 && (a.1 - b.1).abs() < 1e-10);
 
     let m = f.hdu("MASK").unwrap();
@@ -51,7 +58,10 @@ fn cfitsio_reads_back_every_plane_and_the_wcs() {
     let u = f.hdu("UNCERT").unwrap();
     let var: Vec<f32> = u.read_image(&mut f).unwrap();
     assert_eq!(var, c.masked.variance.data());
-    assert_eq!(u.read_key::<String>(&mut f, "UTYPE").unwrap(), "VarianceUncertainty");
+    assert_eq!(
+        u.read_key::<String>(&mut f, "UTYPE").unwrap(),
+        "VarianceUncertainty"
+    );
 
     let p = f.hdu("PSFIMAGE").unwrap();
     let psf: Vec<f32> = p.read_image(&mut f).unwrap();
@@ -64,7 +74,10 @@ fn cfitsio_reads_back_every_plane_and_the_wcs() {
     assert_eq!((ours.width, ours.height), (37, 37));
     assert_eq!(ours.data, img);
     assert_eq!(ours.wcs().unwrap(), c.wcs);
-    assert_eq!(fits::read_image(&bytes, Some("PSFIMAGE")).unwrap().data, psf);
+    assert_eq!(
+        fits::read_image(&bytes, Some("PSFIMAGE")).unwrap().data,
+        psf
+    );
     assert!(matches!(
         fits::read_image(&bytes, Some("NOPE")),
         Err(fits::FitsError::NoSuchHdu(_))
@@ -80,7 +93,10 @@ fn cropping_keeps_the_source_at_the_centre_and_the_wcs_exact() {
     assert_eq!(small.masked.dims(), (31, 31));
     assert_eq!(small.masked.image.get(15, 15), c.masked.image.get(30, 30));
     assert_eq!(small.x0, 115);
-    let (a, b) = (small.wcs.pixel_to_sky(15.0, 15.0), c.wcs.pixel_to_sky(30.0, 30.0));
+    let (a, b) = (
+        small.wcs.pixel_to_sky(15.0, 15.0),
+        c.wcs.pixel_to_sky(30.0, 30.0),
+    );
     assert!((a.0 - b.0).abs() < 1e-12 && (a.1 - b.1).abs() < 1e-12);
     assert!(fits::crop_centre(&c, 61).is_none());
     assert!(fits::crop_centre(&c, 0).is_none());

@@ -4,12 +4,16 @@
 use std::collections::HashSet;
 
 use apache_avro::types::Value as A;
-use apflow_alert_dist::packet::{AlertEncoder, AssembleConfig, DeadLetterReason, assemble, decode_framed};
+use apflow_alert_dist::packet::{
+    AlertEncoder, AssembleConfig, DeadLetterReason, assemble, decode_framed,
+};
 use apflow_alert_dist::synth;
 use apflow_core::ids::DiaObjectId;
 
 fn field<'a>(v: &'a A, name: &str) -> &'a A {
-    let A::Record(fs) = v else { panic!("not a record") };
+    let A::Record(fs) = v else {
+        panic!("not a record")
+    };
     match &fs.iter().find(|(k, _)| k == name).unwrap().1 {
         A::Union(_, b) => b,
         v => v,
@@ -20,7 +24,12 @@ fn field<'a>(v: &'a A, name: &str) -> &'a A {
 fn one_packet_per_dia_source_with_a_years_history() {
     let v = synth::visit(21, 20, 4, 6, 30);
     let mut enc = AlertEncoder::new();
-    let out = assemble(&v.sources(), &v.context, &AssembleConfig::default(), &mut enc);
+    let out = assemble(
+        &v.sources(),
+        &v.context,
+        &AssembleConfig::default(),
+        &mut enc,
+    );
     assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
     assert_eq!(out.packets.len(), 20);
     let ids: HashSet<_> = out.packets.iter().map(|p| p.dia_source_id).collect();
@@ -31,17 +40,24 @@ fn one_packet_per_dia_source_with_a_years_history() {
         assert!(!p.shrunk);
         let d = decode_framed(&p.bytes).unwrap();
         assert_eq!(field(&d.value, "diaSourceId"), &A::Long(ds.dia_source_id.0));
-        assert_eq!(field(&d.value, "observation_reason"), &A::String("wfd".into()));
+        assert_eq!(
+            field(&d.value, "observation_reason"),
+            &A::String("wfd".into())
+        );
         match ds.ss_object_id {
             Some(_) => {
                 assert_eq!(field(&d.value, "prvDiaSources"), &A::Null);
                 let ss = field(&d.value, "ssSource");
-                assert!(matches!(field(ss, "designation"), A::String(s) if s.starts_with("2026 A")));
+                assert!(
+                    matches!(field(ss, "designation"), A::String(s) if s.starts_with("2026 A"))
+                );
             }
             None => {
                 // synth puts 2 sources and 1 forced source older than a year per
                 // object: the window keeps exactly the 4 and 6 recent ones, oldest first.
-                let A::Array(prv) = field(&d.value, "prvDiaSources") else { panic!() };
+                let A::Array(prv) = field(&d.value, "prvDiaSources") else {
+                    panic!()
+                };
                 assert_eq!(prv.len(), 4);
                 let times: Vec<f64> = prv
                     .iter()
@@ -52,10 +68,15 @@ fn one_packet_per_dia_source_with_a_years_history() {
                     .collect();
                 assert!(times.windows(2).all(|w| w[0] <= w[1]));
                 assert!(times.iter().all(|t| *t >= v.t - 365.25 && *t < v.t));
-                let A::Array(f) = field(&d.value, "prvDiaForcedSources") else { panic!() };
+                let A::Array(f) = field(&d.value, "prvDiaForcedSources") else {
+                    panic!()
+                };
                 assert_eq!(f.len(), 6);
                 let o = field(&d.value, "diaObject");
-                assert_eq!(field(o, "diaObjectId"), &A::Long(ds.dia_object_id.unwrap().0));
+                assert_eq!(
+                    field(o, "diaObjectId"),
+                    &A::Long(ds.dia_object_id.unwrap().0)
+                );
             }
         }
     }
@@ -65,10 +86,19 @@ fn one_packet_per_dia_source_with_a_years_history() {
 fn oversized_packets_get_smaller_cutouts_then_a_dead_letter() {
     let v = synth::visit(22, 3, 2, 2, 64);
     let mut enc = AlertEncoder::new();
-    let full = assemble(&v.sources(), &v.context, &AssembleConfig::default(), &mut enc);
+    let full = assemble(
+        &v.sources(),
+        &v.context,
+        &AssembleConfig::default(),
+        &mut enc,
+    );
     let biggest = full.packets.iter().map(|p| p.bytes.len()).max().unwrap();
     let smallest = full.packets.iter().map(|p| p.bytes.len()).min().unwrap();
-    assert!(full.packets.iter().all(|p| p.cutout_size == Some(64) && !p.shrunk));
+    assert!(
+        full.packets
+            .iter()
+            .all(|p| p.cutout_size == Some(64) && !p.shrunk)
+    );
 
     // A limit a bit under the full size: every packet is rebuilt with smaller cutouts
     // (64 → 48) and fits.
@@ -82,7 +112,9 @@ fn oversized_packets_get_smaller_cutouts_then_a_dead_letter() {
         assert!(p.shrunk && p.bytes.len() <= cfg.max_packet_bytes, "{p:?}");
         assert_eq!(p.cutout_size, Some(48));
         let d = decode_framed(&p.bytes).unwrap();
-        let A::Bytes(fits) = field(&d.value, "cutoutDifference") else { panic!() };
+        let A::Bytes(fits) = field(&d.value, "cutoutDifference") else {
+            panic!()
+        };
         let img = apflow_alert_dist::fits::read_image(fits, None).unwrap();
         assert_eq!((img.width, img.height), (48, 48));
     }
@@ -117,8 +149,16 @@ fn a_source_whose_dia_object_is_missing_is_dead_lettered() {
     let mut v = synth::visit(23, 2, 1, 1, 30);
     v.dia_sources[0].dia_object_id = Some(DiaObjectId(-5));
     let mut enc = AlertEncoder::new();
-    let out = assemble(&v.sources(), &v.context, &AssembleConfig::default(), &mut enc);
+    let out = assemble(
+        &v.sources(),
+        &v.context,
+        &AssembleConfig::default(),
+        &mut enc,
+    );
     assert_eq!(out.packets.len(), 1);
     assert_eq!(out.dead_letters.len(), 1);
-    assert!(matches!(out.dead_letters[0].reason, DeadLetterReason::MissingDiaObject(-5)));
+    assert!(matches!(
+        out.dead_letters[0].reason,
+        DeadLetterReason::MissingDiaObject(-5)
+    ));
 }

@@ -9,7 +9,9 @@ use apflow_alert_dist::schema::{SCHEMA_PATH, alert_schema, generate};
 #[test]
 fn committed_alert_schema_is_the_generated_one() {
     let generated = generate().expect("the alert schema generates");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(SCHEMA_PATH);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(SCHEMA_PATH);
     if std::env::var_os("APFLOW_WRITE_SCHEMAS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &generated.json).unwrap();
