@@ -5,6 +5,9 @@
 //!   and schema ids (major × 100 + minor).
 //! * [`schema`] — the alert writer schema, generated from the APDB schema definition
 //!   (`apflow_apdb::schema`) and readable with Rubin's `lsst.v11_0` as reader schema.
+//! * [`coords`] — ecliptic and Galactic coordinates for `ssSource`.
+//! * [`synth`] — fixed-seed synthetic alert inputs for tests, benches and checks.
+//! * [`thumb`] — zscale + asinh stretch for cutout thumbnails.
 //! * [`fits`] — cutouts as in-memory FITS files (flux in nJy, variance, mask, local
 //!   WCS, PSF).
 //! * [`packet`] — assembling one alert per DiaSource and serialising it.
@@ -13,10 +16,15 @@
 //! * [`producer`] — Kafka distribution (feature `kafka`).
 //! * [`archive`] — every published alert kept, retrievable by id.
 
+#![forbid(unsafe_code)]
+
 pub mod archive;
+pub mod coords;
 pub mod fits;
 pub mod packet;
 pub mod producer;
 pub mod registry;
 pub mod schema;
+pub mod synth;
+pub mod thumb;
 pub mod wire;

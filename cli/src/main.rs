@@ -47,6 +47,9 @@ enum Command {
     /// Inspect and validate the configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Inspect alert packets.
+    #[command(subcommand)]
+    Alert(cmd::alert::AlertCommand),
     /// Measure throughput (figures go to docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Apdb(c) => runtime().and_then(|rt| rt.block_on(cmd::apdb::run(c, &config))),
         Command::Config(c) => cmd::config::run(c, &config),
         Command::Diffim(a) => cmd::diffim::run(a, &config),
+        Command::Alert(c) => cmd::alert::run(c),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
     match result {

@@ -37,6 +37,17 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
     },
+    /// Alert serialisation: encode N realistic alerts (30 × 30 cutouts with variance,
+    /// mask and PSF; 10 previous DiaSources and 20 forced sources; fixed seed) to
+    /// Confluent-framed Avro on one thread and report alerts/s and MB/s.
+    Alerts {
+        /// Alerts to serialise (Rubin's peak visit: 40,000).
+        #[arg(long, default_value_t = 40_000)]
+        alerts: usize,
+        /// Distinct synthetic inputs cycled through (kept in memory).
+        #[arg(long, default_value_t = 256)]
+        distinct: usize,
+    },
     /// Run the science core (ISR → measured, scored DiaSources) on simulated detectors
     /// of the typical profile and report per-stage times (median over repeats, one
     /// thread) and the throughput with several detectors at once.
@@ -94,6 +105,10 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             println!("{}", apflow_apdb::bench::run_sqlite(&c, &dir).await?);
             Ok(())
         }
+        BenchCommand::Alerts { alerts, distinct } => {
+            tokio::task::spawn_blocking(move || bench_alerts_serialize(alerts, distinct.max(1)))
+                .await?
+        }
         BenchCommand::Detector {
             size,
             repeats,
@@ -109,6 +124,45 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             .await?
         }
     }
+}
+
+/// Serialisation alone: `n` alerts through one [`AlertEncoder`] on this thread, each
+/// into a reused buffer (the bytes a producer would hand to Kafka).
+///
+/// [`AlertEncoder`]: apflow_alert_dist::packet::AlertEncoder
+fn bench_alerts_serialize(n: usize, distinct: usize) -> anyhow::Result<()> {
+    use apflow_alert_dist::packet::AlertEncoder;
+    let inputs = apflow_alert_dist::synth::alert_inputs(42, distinct);
+    anyhow::ensure!(!inputs.is_empty(), "no synthetic alerts");
+    let mut enc = AlertEncoder::new();
+    let mut buf = Vec::with_capacity(512 * 1024);
+    // Warm-up: one pass over the distinct inputs.
+    for a in &inputs {
+        buf.clear();
+        enc.encode_framed(a, &mut buf)?;
+    }
+    let pb = bar(n, "serialise");
+    let mut bytes = 0usize;
+    let t0 = Instant::now();
+    for i in 0..n {
+        buf.clear();
+        enc.encode_framed(&inputs[i % inputs.len()], &mut buf)?;
+        bytes += buf.len();
+        if i % 1000 == 999 {
+            pb.inc(1000);
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    println!(
+        "alerts serialise: {n} alerts, {:.1} MB ({:.1} KB/alert) in {dt:.3} s on one thread: \
+         {:.0} alerts/s, {:.0} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64 / 1e3,
+        n as f64 / dt,
+        bytes as f64 / 1e6 / dt
+    );
+    Ok(())
 }
 
 /// Simulates the inputs of `n` detectors of one visit into `dir`.

@@ -4,6 +4,7 @@ use std::sync::LazyLock;
 
 use prometheus::{IntCounter, register_int_counter};
 
+pub mod alert;
 pub mod apdb;
 pub mod bench;
 pub mod config;
