@@ -14,6 +14,8 @@
 //! * [`archive`] — every published alert kept, retrievable by id.
 
 pub mod archive;
+pub mod ledger;
+pub mod metrics;
 pub mod fits;
 pub mod packet;
 pub mod producer;
