@@ -14,6 +14,7 @@
 //! * [`archive`] — every published alert kept, retrievable by id.
 
 pub mod archive;
+pub mod bench;
 pub mod ledger;
 pub mod metrics;
 pub mod fits;

@@ -512,4 +512,4 @@ async fn post_json(base: &Base, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -47,6 +47,9 @@ enum Command {
     /// Inspect and validate the configuration.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Read the alert archive.
+    #[command(subcommand)]
+    Archive(cmd::archive::ArchiveCommand),
     /// Measure throughput (figures go to docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     };
     apflow_core::telemetry::init_logging(config.telemetry.log_format, &config.telemetry.log_level);
     apflow_core::telemetry::metrics::register_shared(env!("CARGO_PKG_VERSION"), features());
+    apflow_alert_dist::metrics::register();
     let result = match cli.command {
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(cmd::run::run(a, &config))),
         Command::Simulate(a) => cmd::simulate::run(a, &config.simulate),
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Apdb(c) => runtime().and_then(|rt| rt.block_on(cmd::apdb::run(c, &config))),
         Command::Config(c) => cmd::config::run(c, &config),
         Command::Diffim(a) => cmd::diffim::run(a, &config),
+        Command::Archive(c) => cmd::archive::run(c),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
     match result {

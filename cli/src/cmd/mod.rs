@@ -5,7 +5,9 @@ use std::sync::LazyLock;
 use prometheus::{IntCounter, register_int_counter};
 
 pub mod apdb;
+pub mod archive;
 pub mod bench;
+pub mod bench_alerts;
 pub mod config;
 pub mod diffim;
 pub mod ingest;
