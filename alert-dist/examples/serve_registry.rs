@@ -33,8 +33,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).ok_or("usage: serve_registry DIR")?;
     let subject = subject_for_topic("alerts-v11");
     let registry = Arc::new(SchemaRegistry::new([
-        SchemaEntry { id: 1100, subject: subject.clone(), version: 1, schema: V1.into() },
-        SchemaEntry { id: 1101, subject: subject.clone(), version: 2, schema: V2.into() },
+        SchemaEntry {
+            id: 1100,
+            subject: subject.clone(),
+            version: 1,
+            schema: V1.into(),
+        },
+        SchemaEntry {
+            id: 1101,
+            subject: subject.clone(),
+            version: 2,
+            schema: V2.into(),
+        },
     ])?);
     let archive = Arc::new(Archive::open(&dir)?);
     archive.put_schemas(&registry)?;
@@ -52,8 +62,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             body.extend_from_slice(note.as_bytes());
             let mut framed = Vec::new();
             frame_into(1100, &body, &mut framed);
-            alerts.push(FramedAlert { dia_source_id: id, framed: framed.into() });
-            notes.insert(id.to_string(), serde_json::json!({"note": note, "night": day}));
+            alerts.push(FramedAlert {
+                dia_source_id: id,
+                framed: framed.into(),
+            });
+            notes.insert(
+                id.to_string(),
+                serde_json::json!({"note": note, "night": day}),
+            );
         }
     }
     archive.put_batch(&alerts)?;

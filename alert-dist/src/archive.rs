@@ -349,11 +349,9 @@ async fn http_alert(State(a): State<Arc<Archive>>, UrlPath(id): UrlPath<String>)
         return http_error(&ArchiveError::NotFound(format!("alert {id}")));
     };
     match tokio::task::spawn_blocking(move || a.get_alert(id)).await {
-        Ok(Ok(bytes)) => (
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            bytes,
-        )
-            .into_response(),
+        Ok(Ok(bytes)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
         Ok(Err(e)) => http_error(&e),
         Err(e) => http_error(&ArchiveError::NotFound(format!("alert {id} ({e})"))),
     }

@@ -100,7 +100,9 @@ mod kafka {
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     use crate::ledger::Ledger;
-    use crate::producer::{AlertProducer, DetectorAlerts, FramedAlert, ProduceError, ProducerConfig};
+    use crate::producer::{
+        AlertProducer, DetectorAlerts, FramedAlert, ProduceError, ProducerConfig,
+    };
 
     /// Alerts, bytes and seconds of one run.
     #[derive(Clone, Copy, Debug)]
@@ -223,7 +225,10 @@ mod kafka {
     fn settle(
         f: &mut ProduceFigures,
         n: usize,
-        r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+        r: Result<
+            rdkafka::producer::future_producer::OwnedDeliveryResult,
+            futures::channel::oneshot::Canceled,
+        >,
     ) -> Result<(), ProduceError> {
         match r {
             Ok(Ok(_)) => {
@@ -257,6 +262,9 @@ mod tests {
             assert_ne!(w[0].framed, w[1].framed);
         }
         // Same seed, same bytes.
-        assert_eq!(synthetic_alerts(10, 256, 1, 4, 42)[0].1, synthetic_alerts(10, 256, 1, 4, 42)[0].1);
+        assert_eq!(
+            synthetic_alerts(10, 256, 1, 4, 42)[0].1,
+            synthetic_alerts(10, 256, 1, 4, 42)[0].1
+        );
     }
 }

@@ -64,11 +64,14 @@ impl Ledger {
     }
 
     /// The `diaSourceId`s already acknowledged for (visit, detector).
-    pub fn sent_ids(&self, visit: VisitId, detector: DetectorId) -> Result<HashSet<i64>, LedgerError> {
+    pub fn sent_ids(
+        &self,
+        visit: VisitId,
+        detector: DetectorId,
+    ) -> Result<HashSet<i64>, LedgerError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT dia_source_id FROM sent WHERE visit = ?1 AND detector = ?2",
-        )?;
+        let mut stmt = conn
+            .prepare_cached("SELECT dia_source_id FROM sent WHERE visit = ?1 AND detector = ?2")?;
         let rows = stmt.query_map(params![visit.0 as i64, detector.0], |r| r.get(0))?;
         rows.collect::<Result<_, _>>().map_err(Into::into)
     }

@@ -130,7 +130,9 @@ pub enum LookupError {
     #[error("Schema {0} not found")]
     SchemaNotFound(String),
     /// 42202.
-    #[error("The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
+    #[error(
+        "The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
+    )]
     InvalidVersion(String),
 }
 

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apflow_alert_dist::archive::{Archive, KafkaArchiveOptions, archive_from_kafka, read_container};
+use apflow_alert_dist::archive::{
+    Archive, KafkaArchiveOptions, archive_from_kafka, read_container,
+};
 use apflow_alert_dist::ledger::Ledger;
 use apflow_alert_dist::metrics;
 use apflow_alert_dist::producer::{
@@ -143,7 +145,8 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
         linger: Duration::from_millis(2),
         ..ProducerConfig::default()
     };
-    let producer = AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger.clone()).unwrap();
+    let producer =
+        AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger.clone()).unwrap();
     producer.ensure_topic().await.unwrap();
     producer.ensure_topic().await.unwrap(); // already there: fine
     let topic = producer.topic().to_owned();
@@ -151,7 +154,10 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
 
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let visit = VisitId::new(20261122, 42).unwrap();
-    let batches = [(5u16, alerts(&mut rng, visit, 5, 70)), (9, alerts(&mut rng, visit, 9, 50))];
+    let batches = [
+        (5u16, alerts(&mut rng, visit, 5, 70)),
+        (9, alerts(&mut rng, visit, 9, 50)),
+    ];
     let total: usize = batches.iter().map(|b| b.1.len()).sum();
     let sent_before = metrics::SENT_TOTAL.get();
     let mut tally = VisitTally::new(visit, 3);
@@ -167,8 +173,14 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
             .await
             .unwrap();
         assert_eq!((r.sent as usize, r.skipped), (a.len(), 0));
-        assert_eq!(r.bytes, a.iter().map(|x| x.framed.len() as u64).sum::<u64>());
-        assert_eq!(ledger.count(visit, DetectorId(*det)).unwrap() as usize, a.len());
+        assert_eq!(
+            r.bytes,
+            a.iter().map(|x| x.framed.len() as u64).sum::<u64>()
+        );
+        assert_eq!(
+            ledger.count(visit, DetectorId(*det)).unwrap() as usize,
+            a.len()
+        );
         tally.done(DetectorId(*det), &r);
     }
     tally.failed(DetectorId(12));
@@ -179,7 +191,8 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
     // Everything arrives once, keyed by diaSourceId, with the exact bytes.
     let got = consume_all(&brokers, &topic, total).await;
     assert_eq!(got.len(), total);
-    let by_key: BTreeMap<String, Vec<u8>> = got.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
+    let by_key: BTreeMap<String, Vec<u8>> =
+        got.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
     assert_eq!(by_key.len(), total, "keys are unique");
     for a in batches.iter().flat_map(|b| &b.1) {
         assert_eq!(by_key[&a.dia_source_id.to_string()], a.framed);
@@ -214,7 +227,13 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
     opts.idle_exit = Some(Duration::from_secs(3));
     let written = tokio::time::timeout(
         Duration::from_secs(120),
-        archive_from_kafka(&brokers, &kafka_config(), &opts, archive.clone(), std::future::pending()),
+        archive_from_kafka(
+            &brokers,
+            &kafka_config(),
+            &opts,
+            archive.clone(),
+            std::future::pending(),
+        ),
     )
     .await
     .expect("the archive consumer finishes")
@@ -228,8 +247,16 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
     let datums: Vec<u8> = night.blocks.iter().flat_map(|b| b.1.clone()).collect();
     assert_eq!(
         datums.len(),
-        batches.iter().flat_map(|b| &b.1).map(|a| a.framed.len() - 5).sum::<usize>()
+        batches
+            .iter()
+            .flat_map(|b| &b.1)
+            .map(|a| a.framed.len() - 5)
+            .sum::<usize>()
     );
-    let ids: BTreeSet<i64> = batches.iter().flat_map(|b| &b.1).map(|a| a.dia_source_id).collect();
+    let ids: BTreeSet<i64> = batches
+        .iter()
+        .flat_map(|b| &b.1)
+        .map(|a| a.dia_source_id)
+        .collect();
     assert_eq!(ids.len(), total);
 }

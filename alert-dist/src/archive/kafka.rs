@@ -74,9 +74,7 @@ pub async fn archive_from_kafka(
         )
         .create()
         .map_err(consume_err)?;
-    consumer
-        .subscribe(&[&options.topic])
-        .map_err(consume_err)?;
+    consumer.subscribe(&[&options.topic]).map_err(consume_err)?;
     tokio::pin!(shutdown);
     let mut written = 0u64;
     let mut last_message = Instant::now();

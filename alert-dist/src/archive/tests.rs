@@ -24,7 +24,9 @@ fn id(day_obs: u32, seq: u32, detector: u16, counter: u32) -> i64 {
 /// random bytes-as-text of a random length.
 fn alert(rng: &mut ChaCha8Rng, dia_source_id: i64) -> FramedAlert {
     let n = rng.random_range(0..2000);
-    let note: String = (0..n).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+    let note: String = (0..n)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
     let mut body = Vec::new();
     put_long(&mut body, dia_source_id);
     put_bytes(&mut body, note.as_bytes());
@@ -88,7 +90,13 @@ fn every_archived_alert_is_retrievable_and_each_night_holds_exactly_its_alerts()
     // A reopened archive appends to the same nightly files.
     let a = archive(dir.path());
     let r = a.put_batch(&second).unwrap();
-    assert_eq!(r, BatchReport { written: second.len(), duplicates: 0 });
+    assert_eq!(
+        r,
+        BatchReport {
+            written: second.len(),
+            duplicates: 0
+        }
+    );
 
     for x in first.iter().chain(&second) {
         assert_eq!(a.get_alert(x.dia_source_id).unwrap(), x.framed);
@@ -129,7 +137,13 @@ fn replayed_alerts_are_not_archived_twice() {
     let mut again = first.clone();
     again.push(first[0].clone());
     let r = a.put_batch(&again).unwrap();
-    assert_eq!(r, BatchReport { written: 0, duplicates: again.len() });
+    assert_eq!(
+        r,
+        BatchReport {
+            written: 0,
+            duplicates: again.len()
+        }
+    );
     let total: u64 = [20261121, 20261122]
         .iter()
         .filter_map(|&n| read_container(&a.night_path(n, SCHEMA_ID)).ok())
@@ -157,9 +171,21 @@ fn bad_alerts_are_refused_and_nothing_of_their_batch_is_written() {
     bad_id.dia_source_id = -5;
 
     let e = a.put_batch(&[good.clone(), unframed]).unwrap_err();
-    assert!(matches!(e, ArchiveError::Wire { source: WireError::Magic(7), .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ArchiveError::Wire {
+                source: WireError::Magic(7),
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = a.put_batch(&[good.clone(), unknown]).unwrap_err();
-    assert!(matches!(e, ArchiveError::UnknownSchema { schema_id: 999, .. }), "{e}");
+    assert!(
+        matches!(e, ArchiveError::UnknownSchema { schema_id: 999, .. }),
+        "{e}"
+    );
     let e = a.put_batch(&[good.clone(), bad_id]).unwrap_err();
     assert!(matches!(e, ArchiveError::BadId(-5, _)), "{e}");
     assert!(matches!(
@@ -213,7 +239,10 @@ async fn the_channel_consumer_and_the_http_api_serve_archived_alerts() {
     tx.send(first.clone()).await.unwrap();
     tx.send(second.clone()).await.unwrap();
     drop(tx);
-    assert_eq!(task.await.unwrap().unwrap() as usize, first.len() + second.len());
+    assert_eq!(
+        task.await.unwrap().unwrap() as usize,
+        first.len() + second.len()
+    );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -244,7 +273,10 @@ async fn http_get(authority: &str, path: &str) -> (u16, String, Vec<u8>) {
         .unwrap();
     let res = sender.send_request(req).await.unwrap();
     let status = res.status().as_u16();
-    let ct = res.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    let ct = res.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
     (status, ct, body)
 }

@@ -97,14 +97,20 @@ async fn the_http_api_answers_like_a_confluent_registry() {
 
     let (s, ct, body) = get(&addr, "/schemas/ids/1101").await;
     assert_eq!((s, ct.as_str()), (200, CONTENT_TYPE));
-    assert_eq!(body["schema"].as_str().unwrap(), reg.by_id(1101).unwrap().schema);
+    assert_eq!(
+        body["schema"].as_str().unwrap(),
+        reg.by_id(1101).unwrap().schema
+    );
     // The schema string is the schema itself, parseable as JSON.
     let parsed: serde_json::Value = serde_json::from_str(body["schema"].as_str().unwrap()).unwrap();
     assert_eq!(parsed["name"], "alert1101");
 
     let (s, _, body) = get(&addr, "/subjects").await;
     assert_eq!(s, 200);
-    assert_eq!(body, serde_json::json!(["alerts-v11-value", "alerts-v12-value"]));
+    assert_eq!(
+        body,
+        serde_json::json!(["alerts-v11-value", "alerts-v12-value"])
+    );
 
     let (s, _, body) = get(&addr, "/subjects/alerts-v11-value/versions").await;
     assert_eq!((s, body), (200, serde_json::json!([1, 2])));
@@ -114,7 +120,10 @@ async fn the_http_api_answers_like_a_confluent_registry() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(body["id"], id, "{v}");
         assert_eq!(body["subject"], "alerts-v11-value");
-        assert_eq!(body["schema"].as_str().unwrap(), reg.by_id(id).unwrap().schema);
+        assert_eq!(
+            body["schema"].as_str().unwrap(),
+            reg.by_id(id).unwrap().schema
+        );
     }
 
     for (path, status, code) in [
@@ -198,7 +207,14 @@ async fn registration_fails_when_the_registry_assigns_other_ids() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, RegistrationError::IdMismatch { expected: 1100, got: 7, .. }),
+        matches!(
+            err,
+            RegistrationError::IdMismatch {
+                expected: 1100,
+                got: 7,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -207,14 +223,24 @@ async fn registration_fails_when_the_registry_assigns_other_ids() {
 async fn registration_reports_refusals_and_bad_urls() {
     // No route for this prefix: the fake answers 404.
     let (addr, _) = fake_external(None).await;
-    let err = register_all(&format!("http://{addr}/other"), &registry(), &RegisterOptions::default())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RegistrationError::Refused { status: 404, .. }), "{err}");
+    let err = register_all(
+        &format!("http://{addr}/other"),
+        &registry(),
+        &RegisterOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RegistrationError::Refused { status: 404, .. }),
+        "{err}"
+    );
     for url in ["https://example.invalid", "ftp://x", "not a url"] {
         let err = register_all(url, &registry(), &RegisterOptions::default())
             .await
             .unwrap_err();
-        assert!(matches!(err, RegistrationError::BadUrl { .. }), "{url}: {err}");
+        assert!(
+            matches!(err, RegistrationError::BadUrl { .. }),
+            "{url}: {err}"
+        );
     }
 }
