@@ -434,8 +434,11 @@ fn get_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(s)
 }
 
+/// A container file's metadata map.
+type Metadata = BTreeMap<String, Vec<u8>>;
+
 /// The header of a container file: metadata and sync marker, and its length.
-fn parse_header(buf: &[u8]) -> Option<(BTreeMap<String, Vec<u8>>, [u8; 16], usize)> {
+fn parse_header(buf: &[u8]) -> Option<(Metadata, [u8; 16], usize)> {
     if buf.get(..4)? != OCF_MAGIC {
         return None;
     }

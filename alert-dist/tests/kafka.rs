@@ -260,3 +260,50 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
         .collect();
     assert_eq!(ids.len(), total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_alerts_are_retried_then_reported_and_not_recorded() {
+    let Some(brokers) = broker() else { return };
+    metrics::register();
+    let ledger = Arc::new(Ledger::in_memory().unwrap());
+    // A topic that does not exist (the test broker does not create topics on
+    // produce): every delivery report fails.
+    let mut config = ProducerConfig {
+        topic_template: format!("{}-missing-v{{major}}", unique("alerts")),
+        message_timeout: Duration::from_millis(500),
+        retries: 1,
+        ..ProducerConfig::default()
+    };
+    config
+        .librdkafka
+        .insert("topic.metadata.propagation.max.ms".into(), "100".into());
+    let producer =
+        AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger.clone()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let visit = VisitId::new(20261122, 43).unwrap();
+    let a = alerts(&mut rng, visit, 1, 4);
+    let failures = |o: &str| {
+        metrics::DELIVERY_FAILURES_TOTAL
+            .with_label_values(&[o])
+            .get()
+    };
+    let (retried, given_up) = (failures("retried"), failures("given_up"));
+    let err = producer
+        .send_detector(DetectorAlerts {
+            visit,
+            detector: DetectorId(1),
+            shutter_close: Utc::now(),
+            alerts: &a,
+        })
+        .await
+        .unwrap_err();
+    match err {
+        apflow_alert_dist::producer::ProduceError::Undelivered { failed, total, .. } => {
+            assert_eq!((failed, total), (4, 4))
+        }
+        e => panic!("expected Undelivered, got {e}"),
+    }
+    assert_eq!(failures("retried") - retried, 4);
+    assert_eq!(failures("given_up") - given_up, 4);
+    assert_eq!(ledger.count(visit, DetectorId(1)).unwrap(), 0);
+}
