@@ -13,14 +13,22 @@
 //! * [`packet`] — assembling one alert per DiaSource and serialising it.
 //! * [`registry`] — the read-only, Confluent-compatible schema registry over HTTP,
 //!   and registration in an external one.
-//! * [`producer`] — Kafka distribution (feature `kafka`).
+//! * [`producer`] — Kafka distribution (the client needs feature `kafka`), and the
+//!   `VisitComplete` tally.
+//! * [`ledger`] — what the broker acknowledged per (visit, detector), so reruns do not
+//!   resend.
 //! * [`archive`] — every published alert kept, retrievable by id.
+//! * [`metrics`] — the Prometheus series of alert distribution.
+//! * [`bench`] — the produce part of `apflow bench alerts`.
 
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod bench;
 pub mod coords;
 pub mod fits;
+pub mod ledger;
+pub mod metrics;
 pub mod packet;
 pub mod producer;
 pub mod registry;

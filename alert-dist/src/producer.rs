@@ -1,1 +1,272 @@
-//! Not written yet (see the crate docs).
+//! Kafka distribution of the alert stream.
+//!
+//! * **Topics**: one per schema major version, named from a template
+//!   ([`ProducerConfig::topic_template`], default `alerts-v{major}`), created with
+//!   [`ProducerConfig::partitions`] partitions when missing. A consumer therefore never
+//!   meets a schema it cannot read with the reader schema of its major version.
+//! * **Messages**: value = the Confluent-framed alert ([`crate::wire`]), key = the
+//!   `diaSourceId` as decimal ASCII, header `producer_timestamp` = milliseconds since
+//!   the Unix epoch (decimal ASCII) when apflow handed the alert to the client.
+//! * **Delivery**: an idempotent producer (`enable.idempotence=true`, so `acks=all`
+//!   and ordered, duplicate-free retries within a session), batched by `linger.ms`,
+//!   `batch.num.messages` and `batch.size`, compressed (none, lz4, zstd or snappy).
+//!   Alerts of a detector are enqueued without waiting; delivery reports are awaited
+//!   afterwards — never a flush per message (Rubin's producer flushes after every
+//!   alert; DMTN-028). A failed delivery report is retried up to
+//!   [`ProducerConfig::retries`] times before the detector is reported as failed.
+//! * **Ledger**: alerts the broker acknowledged are recorded per (visit, detector)
+//!   ([`crate::ledger`]); a rerun sends only the others.
+//! * **Metrics** (from delivery reports, once per detector batch): alerts and bytes
+//!   acknowledged, skipped, failed deliveries, and the latency from shutter close to
+//!   acknowledgement per alert ([`crate::metrics`]).
+//! * **VisitComplete**: [`VisitTally`] gathers detector outcomes into the
+//!   `apflow_core::events::VisitComplete` event.
+//!
+//! The Kafka client itself ([`AlertProducer`]) needs the `kafka` feature.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use apflow_core::events::VisitComplete;
+use apflow_core::ids::{DetectorId, VisitId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "kafka")]
+mod kafka;
+#[cfg(feature = "kafka")]
+pub use kafka::{AlertProducer, ProduceError};
+
+/// One alert ready for the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FramedAlert {
+    /// The `diaSourceId` of the triggering DiaSource (the message key).
+    pub dia_source_id: i64,
+    /// The Confluent-framed Avro datum (`Bytes::from(vec)` takes a `Vec<u8>`
+    /// without copying).
+    pub framed: bytes::Bytes,
+}
+
+/// The alerts of one detector of one visit.
+#[derive(Clone, Copy, Debug)]
+pub struct DetectorAlerts<'a> {
+    /// The visit.
+    pub visit: VisitId,
+    /// The detector.
+    pub detector: DetectorId,
+    /// Shutter close of the visit, UTC (latency is measured from it).
+    pub shutter_close: DateTime<Utc>,
+    /// The alerts.
+    pub alerts: &'a [FramedAlert],
+}
+
+/// Compression of produced batches (`compression.type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// LZ4 (Kafka's framing).
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+    /// Snappy.
+    Snappy,
+}
+
+impl Compression {
+    /// Every setting, for benchmarks.
+    pub const ALL: [Self; 4] = [Self::None, Self::Lz4, Self::Zstd, Self::Snappy];
+
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+            Self::Snappy => "snappy",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("compression {s:?} is not one of none, lz4, zstd, snappy"))
+    }
+}
+
+/// Settings of the alert producer (serde only; the connection and security settings
+/// are the bus's `KafkaConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Topic name; `{major}` is replaced by the schema's major version.
+    pub topic_template: String,
+    /// Partitions of a topic apflow creates.
+    pub partitions: i32,
+    /// Replication factor of a topic apflow creates.
+    pub replication_factor: i32,
+    /// Batch compression.
+    pub compression: Compression,
+    /// `linger.ms`: how long to wait to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// `batch.num.messages`: most messages per batch.
+    pub batch_num_messages: u32,
+    /// `batch.size`: most bytes per batch (also sets `message.max.bytes` when larger
+    /// than an alert could be).
+    pub batch_size: u32,
+    /// `message.max.bytes`: the largest message (an alert with its cutouts).
+    pub message_max_bytes: u32,
+    /// `message.timeout.ms`: how long librdkafka keeps trying one message.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// How many times a failed delivery report is retried by apflow.
+    pub retries: u32,
+    /// Other librdkafka settings, passed as they are.
+    pub librdkafka: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            topic_template: "alerts-v{major}".into(),
+            partitions: 8,
+            replication_factor: 1,
+            compression: Compression::Lz4,
+            linger: Duration::from_millis(5),
+            batch_num_messages: 10_000,
+            batch_size: 8 << 20,
+            message_max_bytes: 8 << 20,
+            message_timeout: Duration::from_secs(60),
+            retries: 3,
+            librdkafka: Default::default(),
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// The topic of schema major version `major`.
+    pub fn topic(&self, major: u32) -> String {
+        self.topic_template.replace("{major}", &major.to_string())
+    }
+}
+
+/// What happened to one detector's alerts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectorReport {
+    /// Alerts acknowledged by the broker in this call.
+    pub sent: u32,
+    /// Alerts skipped because the ledger records an earlier delivery.
+    pub skipped: u32,
+    /// Wire bytes acknowledged in this call.
+    pub bytes: u64,
+    /// Delivery reports that failed and were retried.
+    pub retries: u32,
+}
+
+/// Gathers the outcome of each detector of a visit into a
+/// [`VisitComplete`] event (Rubin's "Alert Production Complete" and "Number of
+/// Alerts").
+#[derive(Clone, Debug)]
+pub struct VisitTally {
+    visit: VisitId,
+    expected: u32,
+    done: BTreeSet<DetectorId>,
+    failed: BTreeSet<DetectorId>,
+    alerts: u64,
+}
+
+impl VisitTally {
+    /// A visit with `expected` detectors.
+    pub fn new(visit: VisitId, expected: u32) -> Self {
+        Self {
+            visit,
+            expected,
+            done: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            alerts: 0,
+        }
+    }
+
+    /// A detector whose alerts are all published (sent now or by an earlier run).
+    /// A detector reported twice counts once; success replaces an earlier failure.
+    pub fn done(&mut self, detector: DetectorId, report: &DetectorReport) {
+        self.failed.remove(&detector);
+        if self.done.insert(detector) {
+            self.alerts += u64::from(report.sent) + u64::from(report.skipped);
+        }
+    }
+
+    /// A detector that failed (processing or distribution).
+    pub fn failed(&mut self, detector: DetectorId) {
+        if !self.done.contains(&detector) {
+            self.failed.insert(detector);
+        }
+    }
+
+    /// True when every expected detector is done or failed.
+    pub fn is_complete(&self) -> bool {
+        self.done.len() + self.failed.len() >= self.expected as usize
+    }
+
+    /// The event.
+    pub fn event(&self, completed_at: DateTime<Utc>) -> VisitComplete {
+        VisitComplete {
+            visit: self.visit,
+            n_alerts: self.alerts,
+            detectors_expected: self.expected,
+            detectors_done: self.done.len() as u32,
+            detectors_failed: self.failed.iter().copied().collect(),
+            completed_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_named_per_major_version_and_compression_parses() {
+        let c = ProducerConfig::default();
+        assert_eq!(c.topic(11), "alerts-v11");
+        assert_eq!("zstd".parse::<Compression>(), Ok(Compression::Zstd));
+        assert!("gzip9".parse::<Compression>().is_err());
+        let c: ProducerConfig =
+            serde_json::from_str(r#"{"compression":"snappy","linger":"20ms"}"#).unwrap();
+        assert_eq!(c.compression, Compression::Snappy);
+        assert_eq!(c.linger, Duration::from_millis(20));
+        assert!(serde_json::from_str::<ProducerConfig>(r#"{"lingr":"20ms"}"#).is_err());
+    }
+
+    #[test]
+    fn a_visit_tally_counts_each_detector_once() {
+        let v = VisitId(2026112200007);
+        let mut t = VisitTally::new(v, 3);
+        let r = DetectorReport {
+            sent: 5,
+            skipped: 2,
+            ..Default::default()
+        };
+        t.failed(DetectorId(2));
+        t.done(DetectorId(1), &r);
+        t.done(DetectorId(1), &r);
+        assert!(!t.is_complete());
+        t.done(DetectorId(2), &r); // a rerun succeeded
+        t.failed(DetectorId(3));
+        assert!(t.is_complete());
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let e = t.event(at);
+        assert_eq!(e.visit, v);
+        assert_eq!(e.n_alerts, 14);
+        assert_eq!(e.detectors_expected, 3);
+        assert_eq!(e.detectors_done, 2);
+        assert_eq!(e.detectors_failed, vec![DetectorId(3)]);
+    }
+}

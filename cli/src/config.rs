@@ -28,6 +28,8 @@ pub struct AppConfig {
     pub science: apflow_prompt_proc::pipeline::PipelineConfig,
     /// `[association]`: matching radii and the forced-photometry rule.
     pub association: apflow_prompt_proc::association::AssociationConfig,
+    /// `[alerts]`: packet assembly (size limit, cutout shrinking, history window).
+    pub alerts: apflow_alert_dist::packet::AssembleConfig,
 }
 
 impl AppConfig {

@@ -50,6 +50,9 @@ enum Command {
     /// Inspect alert packets.
     #[command(subcommand)]
     Alert(cmd::alert::AlertCommand),
+    /// Read the alert archive.
+    #[command(subcommand)]
+    Archive(cmd::archive::ArchiveCommand),
     /// Measure throughput (figures go to docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     };
     apflow_core::telemetry::init_logging(config.telemetry.log_format, &config.telemetry.log_level);
     apflow_core::telemetry::metrics::register_shared(env!("CARGO_PKG_VERSION"), features());
+    apflow_alert_dist::metrics::register();
     let result = match cli.command {
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(cmd::run::run(a, &config))),
         Command::Simulate(a) => cmd::simulate::run(a, &config.simulate),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd::config::run(c, &config),
         Command::Diffim(a) => cmd::diffim::run(a, &config),
         Command::Alert(c) => cmd::alert::run(c),
+        Command::Archive(c) => cmd::archive::run(c),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
     match result {

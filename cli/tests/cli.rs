@@ -136,6 +136,24 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
         .and_then(|n| n.trim().parse::<usize>().ok())
         .unwrap_or_else(|| panic!("no DiaSource count: {stats}"));
     assert_eq!(stored, dia_sources, "{stats}");
+    // One alert per DiaSource (or a dead letter saying why not), in the archive.
+    let alerts = numbers("alerts");
+    assert_eq!(alerts[0] + alerts[1], dia_sources, "{out}");
+    let archived = walk(&dir.path().join("archive").join("alerts"));
+    assert_eq!(archived.len(), alerts[0], "{archived:?}");
+    let shown = apflow()
+        .args(["alert", "show"])
+        .arg(&archived[0])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&shown.stderr)));
+    let id = archived[0]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".avro.gz"))
+        .unwrap();
+    assert_eq!(json["diaSource"]["diaSourceId"].to_string(), id, "{json}");
     // The camera wrote real raw files that the ingest stage validated.
     let raws = walk(&dir.path().join("raw"));
     assert_eq!(raws.len(), 6, "{raws:?}");

@@ -24,6 +24,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         window: usize,
     },
+    /// The produce part of the alert benchmark: pre-serialised ~80 KB alerts to the
+    /// Kafka broker with each compression setting (feature `kafka`).
+    AlertsProduce(crate::cmd::bench_alerts::AlertsProduceArgs),
     /// Fill an embedded APDB with a year of LSST-like history and time per-detector
     /// reads and writes at 10 %–100 % of it.
     Apdb {
@@ -86,6 +89,7 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             size,
             window,
         } => bench_bus(config, messages, size, window.max(1)).await,
+        BenchCommand::AlertsProduce(a) => crate::cmd::bench_alerts::run(a, config).await,
         BenchCommand::Apdb {
             visits_per_year,
             repeats,

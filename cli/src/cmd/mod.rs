@@ -6,7 +6,9 @@ use prometheus::{IntCounter, register_int_counter};
 
 pub mod alert;
 pub mod apdb;
+pub mod archive;
 pub mod bench;
+pub mod bench_alerts;
 pub mod config;
 pub mod diffim;
 pub mod ingest;

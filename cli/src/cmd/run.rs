@@ -7,14 +7,23 @@
 //! association stage — APDB history read, association with DiaObjects and the
 //! simulator's solar-system ephemerides, forced photometry, one idempotent APDB store —
 //! then `DetectorProcessed`, or a dead letter naming the failed stage) and accounting
-//! (latency since the end of readout). Alert distribution plugs in after process
-//! without changing this command's interface.
+//! (latency since the end of readout), then alerts: one `lsst.v11_0`-compatible
+//! packet per DiaSource with its history and cutouts, written to the alert archive
+//! (`<out>/archive`; the embedded run's stream), served with the schema registry on
+//! the metrics address.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apflow_alert_dist::archive::Archive;
+use apflow_alert_dist::packet::{
+    AlertEncoder, AlertSources, AssembleConfig, VisitContext, assemble,
+};
+use apflow_alert_dist::producer::{FramedAlert, ProducerConfig};
+use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
+use apflow_alert_dist::schema::{SCHEMA_ID, alert_schema};
 use apflow_apdb::AnyApdb;
 use apflow_apdb::ErrorKind;
 use apflow_apdb::partition::DEFAULT_MARGIN;
@@ -24,7 +33,7 @@ use apflow_core::events::{
     RawImageReady, StageTiming,
 };
 use apflow_core::geom::SkyPolygon;
-use apflow_core::ids::DetectorId;
+use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
 use apflow_core::telemetry::{events::StageFinished, http};
 use apflow_core::time::MjdTai;
 use apflow_ingest::{ReadoutTimes, dead_letter, ingest_file};
@@ -33,6 +42,7 @@ use apflow_prompt_proc::apdb_stage::{
     forced_photometry,
 };
 use apflow_prompt_proc::association::{AssociationConfig, SsPrediction};
+use apflow_prompt_proc::cutout::CutoutSet;
 use apflow_prompt_proc::pipeline::DetectorResult;
 use apflow_prompt_proc::service::ProcessContext;
 use apflow_sim::{Night, NightSpec, write_raw_fits};
@@ -129,6 +139,10 @@ struct DetectorOutcome {
     reliable: usize,
     matched: usize,
     ss_matched: usize,
+    /// DiaSources that got no alert.
+    alerts_refused: usize,
+    /// End of readout → the detector's alerts archived, seconds.
+    alert_latency: f64,
     timings: Vec<StageTiming>,
 }
 
@@ -154,6 +168,10 @@ struct Stage {
     night: Arc<Night>,
     association: AssociationConfig,
     publisher: EventPublisher,
+    /// The scheduler's fields of each visit, for the alerts.
+    contexts: HashMap<VisitId, VisitContext>,
+    assemble: AssembleConfig,
+    archive: Arc<Archive>,
 }
 
 fn file_path(uri: &str) -> PathBuf {
@@ -334,7 +352,7 @@ async fn process_detector(
         readout_end,
         finished_at: Utc::now(),
     };
-    let (visit, result) = match science {
+    let (visit, mut result) = match science {
         Ok(r) => r,
         Err(f) => {
             let letter = detector_letter(
@@ -377,11 +395,66 @@ async fn process_detector(
         stage: "associate".into(),
         seconds: assoc_started.elapsed().as_secs_f64(),
     });
+    let reliable = result.reliable().count();
+
+    // Alerts: one packet per DiaSource, archived (the embedded run's stream).
+    let alerts_started = Instant::now();
+    let cutouts: HashMap<DiaSourceId, CutoutSet> = a
+        .batch
+        .sources
+        .iter()
+        .zip(std::mem::take(&mut result.sources))
+        .filter_map(|(rec, s)| Some((rec.dia_source_id, s.cutouts?)))
+        .collect();
+    let context = stage
+        .contexts
+        .get(&visit.visit)
+        .cloned()
+        .unwrap_or_default();
+    let assembled = assemble(
+        &AlertSources {
+            dia_sources: &a.batch.sources,
+            dia_objects: &a.batch.objects,
+            ss_objects: &[],
+            history: &a.history_sources,
+            forced: &a.history_forced,
+            cutouts: &cutouts,
+        },
+        &context,
+        &stage.assemble,
+        &mut AlertEncoder::new(),
+    );
+    for d in &assembled.dead_letters {
+        let letter = detector_letter(
+            first,
+            "alerts".into(),
+            "alert_refused",
+            format!("DiaSource {}: {}", d.dia_source_id, d.reason),
+            ErrorClass::BadInput,
+        );
+        stage.publisher.dead_letter(&letter).await?;
+    }
+    let framed: Vec<FramedAlert> = assembled
+        .packets
+        .into_iter()
+        .map(|p| FramedAlert {
+            dia_source_id: p.dia_source_id.0,
+            framed: p.bytes.into(),
+        })
+        .collect();
+    let archive = stage.archive.clone();
+    let n_alerts = framed.len();
+    tokio::task::spawn_blocking(move || archive.put_batch(&framed)).await??;
+    let alert_latency = (Utc::now() - readout_end).as_seconds_f64();
+    timings.push(StageTiming {
+        stage: "alerts".into(),
+        seconds: alerts_started.elapsed().as_secs_f64(),
+    });
     for t in &timings {
         StageFinished {
             stage: &t.stage,
             seconds: t.seconds,
-            since_readout: None,
+            since_readout: (t.stage == "alerts").then_some(alert_latency),
         }
         .emit();
     }
@@ -389,7 +462,7 @@ async fn process_detector(
         dia_sources: a.batch.sources.len() as u32,
         new_dia_objects: a.created as u32,
         forced_sources: a.batch.forced.len() as u32,
-        alerts: 0,
+        alerts: n_alerts as u32,
     };
     stage
         .publisher
@@ -410,7 +483,6 @@ async fn process_detector(
         since_readout: Some(latency),
     }
     .emit();
-    let reliable = result.reliable().count();
     tracing::info!(
         visit = visit.visit.0,
         detector = visit.detector.0,
@@ -418,6 +490,7 @@ async fn process_detector(
         reliable,
         new_dia_objects = a.created,
         forced = counts.forced_sources,
+        alerts = n_alerts,
         seconds = started.elapsed().as_secs_f64(),
         "Detector processed."
     );
@@ -427,6 +500,8 @@ async fn process_detector(
         reliable,
         matched: a.matched,
         ss_matched: a.ss_matched,
+        alerts_refused: assembled.dead_letters.len(),
+        alert_latency,
         timings,
     }))
 }
@@ -518,6 +593,16 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         n => n,
     };
 
+    // Alerts are archived under <out>/archive; its schemas are served by the registry.
+    let registry = Arc::new(SchemaRegistry::new([SchemaEntry {
+        id: SCHEMA_ID,
+        subject: subject_for_topic(&ProducerConfig::default().topic(11)),
+        version: 1,
+        schema: alert_schema().json.clone(),
+    }])?);
+    let archive_dir = out.join("archive");
+    let archive = Arc::new(Archive::open(&archive_dir)?);
+    archive.put_schemas(&registry)?;
     let listen = args
         .metrics_listen
         .clone()
@@ -525,7 +610,11 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let server = if listen.is_empty() {
         None
     } else {
-        Some(http::serve(&listen, http::router()).await?)
+        // /metrics and /healthz, the alert archive and the schema registry.
+        let router = http::router()
+            .merge(registry.clone().router())
+            .merge(archive.clone().router());
+        Some(http::serve(&listen, router).await?)
     };
     if let Some(s) = &server {
         println!("metrics: http://{}/metrics", s.addr);
@@ -578,12 +667,27 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     };
     let apdb = AnyApdb::open_or_create(&apdb_url, &config.apdb.config).await?;
     println!("  APDB {apdb_url}");
+    if let Some(s) = &server {
+        println!(
+            "  alerts: http://{}/v1/alerts/<id>, schema registry http://{}/subjects",
+            s.addr, s.addr
+        );
+    }
+    let contexts = (0..night.visits().len())
+        .map(|i| {
+            let nv = night.next_visit(i)?;
+            Ok((nv.visit, VisitContext::from_next_visit(&nv)))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let stage = Arc::new(Stage {
         ctx,
         apdb,
         night: night.clone(),
         association: config.association.clone(),
         publisher: publisher.clone(),
+        contexts,
+        assemble: config.alerts.clone(),
+        archive: archive.clone(),
     });
     let (expected_detectors, detectors_rx) = watch::channel(None);
     let bars = indicatif::MultiProgress::new();
@@ -705,7 +809,21 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         "  latency         end of readout → DetectorProcessed: {}",
         super::latency_summary(&detector_latencies)
     );
-    println!("  alerts          0 — alert distribution is not wired in yet");
+    let alert_latencies: Vec<f64> = processed
+        .done
+        .iter()
+        .flat_map(|o| std::iter::repeat_n(o.alert_latency, o.counts.alerts as usize))
+        .collect();
+    println!(
+        "  alerts          {} archived in {} ({} DiaSources refused an alert)",
+        processed.total(|o| o.counts.alerts as usize),
+        archive_dir.display(),
+        processed.total(|o| o.alerts_refused)
+    );
+    println!(
+        "  latency         end of readout → alert archived: {}",
+        super::latency_summary(&alert_latencies)
+    );
     println!("  wall time       {:.1} s", wall.elapsed().as_secs_f64());
     if let (Some(s), Some(linger)) = (&server, args.linger.filter(|l| !l.is_zero())) {
         println!(

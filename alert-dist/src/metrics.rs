@@ -1,0 +1,78 @@
+//! The Prometheus series of alert distribution (catalogue: `docs/METRICS.md`).
+//! Registered in the default registry on first use; [`register`] exports them at zero
+//! before the first alert, so dashboards and the catalogue test see them.
+
+use std::sync::LazyLock;
+
+use apflow_core::telemetry::metrics::LATENCY_BUCKETS;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, register_histogram,
+    register_int_counter, register_int_counter_vec,
+};
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register_int_counter!(name, help).expect("metric names are unique")
+}
+
+/// Alerts the broker acknowledged.
+pub static SENT_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "apflow_alerts_sent_total",
+        "Alerts acknowledged by the Kafka broker.",
+    )
+});
+/// Bytes of alerts the broker acknowledged (wire bytes, before compression).
+pub static SENT_BYTES_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "apflow_alerts_sent_bytes_total",
+        "Wire bytes of alerts acknowledged by the Kafka broker, before compression.",
+    )
+});
+/// Alerts not sent because the ledger says a previous run delivered them.
+pub static SKIPPED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "apflow_alerts_skipped_total",
+        "Alerts not sent again because the ledger records an earlier delivery.",
+    )
+});
+/// Failed delivery reports, by what happened next (`retried` or `given_up`).
+pub static DELIVERY_FAILURES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new(
+            "apflow_alerts_delivery_failures_total",
+            "Failed delivery reports, by outcome (retried or given_up)."
+        ),
+        &["outcome"]
+    )
+    .expect("metric names are unique")
+});
+/// Shutter close until the broker acknowledged the alert.
+pub static LATENCY_SINCE_SHUTTER_CLOSE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new(
+            "apflow_alerts_latency_since_shutter_close_seconds",
+            "Time from shutter close to the broker's acknowledgement, per alert."
+        )
+        .buckets(LATENCY_BUCKETS.to_vec())
+    )
+    .expect("metric names are unique")
+});
+/// Alerts written to the archive.
+pub static ARCHIVED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "apflow_alerts_archived_total",
+        "Alerts written to the alert archive.",
+    )
+});
+
+/// Exports every alert-distribution series (at zero) before first use.
+pub fn register() {
+    LazyLock::force(&SENT_TOTAL);
+    LazyLock::force(&SENT_BYTES_TOTAL);
+    LazyLock::force(&SKIPPED_TOTAL);
+    for outcome in ["retried", "given_up"] {
+        DELIVERY_FAILURES_TOTAL.with_label_values(&[outcome]);
+    }
+    LazyLock::force(&LATENCY_SINCE_SHUTTER_CLOSE_SECONDS);
+    LazyLock::force(&ARCHIVED_TOTAL);
+}

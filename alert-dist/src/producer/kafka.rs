@@ -1,0 +1,290 @@
+//! The rdkafka client of the alert producer (see the parent module for the design).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apflow_core::bus::KafkaConfig;
+use apflow_core::bus::kafka::base_config;
+use apflow_core::ids::{DetectorId, VisitId};
+use chrono::Utc;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use thiserror::Error;
+
+use super::{DetectorAlerts, DetectorReport, ProducerConfig};
+use crate::ledger::{Ledger, LedgerError};
+use crate::metrics;
+
+/// Why alerts were not (all) delivered.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProduceError {
+    /// The client could not be configured (check the settings named).
+    #[error("alert producer configuration: {0}")]
+    Config(String),
+    /// Topic creation failed (check the broker and its permissions).
+    #[error("creating topic {topic}: {reason}")]
+    Admin {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
+    },
+    /// The ledger could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Some alerts were not acknowledged after every retry; the acknowledged ones are
+    /// in the ledger, so rerunning the detector sends only these (retryable).
+    #[error(
+        "visit {visit} detector {detector}: {failed} of {total} alerts undelivered, first error: {reason}"
+    )]
+    Undelivered {
+        /// The visit.
+        visit: VisitId,
+        /// The detector.
+        detector: DetectorId,
+        /// Alerts not delivered.
+        failed: usize,
+        /// Alerts attempted.
+        total: usize,
+        /// The first delivery error.
+        reason: String,
+    },
+    /// Waiting for outstanding messages failed.
+    #[error("flushing the alert producer: {0}")]
+    Flush(String),
+}
+
+/// The Kafka producer of one alert topic (one schema major version).
+pub struct AlertProducer {
+    producer: FutureProducer,
+    admin_config: rdkafka::ClientConfig,
+    topic: String,
+    config: ProducerConfig,
+    ledger: Arc<Ledger>,
+}
+
+impl std::fmt::Debug for AlertProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertProducer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+impl AlertProducer {
+    /// A producer to `brokers` for the topic of schema major version `major`, with the
+    /// bus's connection and security settings `kafka` and the ledger `ledger`.
+    pub fn new(
+        brokers: &str,
+        kafka: &KafkaConfig,
+        config: &ProducerConfig,
+        major: u32,
+        ledger: Arc<Ledger>,
+    ) -> Result<Self, ProduceError> {
+        let cfg_err = |e: &dyn std::fmt::Display| ProduceError::Config(e.to_string());
+        let admin_config = base_config(brokers, kafka).map_err(|e| cfg_err(&e))?;
+        let mut c = admin_config.clone();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", config.compression.as_str())
+            .set("linger.ms", ms(config.linger))
+            .set("batch.num.messages", config.batch_num_messages.to_string())
+            .set("batch.size", config.batch_size.to_string())
+            .set("message.max.bytes", config.message_max_bytes.to_string())
+            .set("message.timeout.ms", ms(config.message_timeout));
+        for (k, v) in &config.librdkafka {
+            c.set(k, v);
+        }
+        let producer: FutureProducer = c.create().map_err(|e| cfg_err(&e))?;
+        Ok(Self {
+            producer,
+            admin_config,
+            topic: config.topic(major),
+            config: config.clone(),
+            ledger,
+        })
+    }
+
+    /// The topic alerts go to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Creates the topic when it does not exist.
+    pub async fn ensure_topic(&self) -> Result<(), ProduceError> {
+        let admin_err = |reason: String| ProduceError::Admin {
+            topic: self.topic.clone(),
+            reason,
+        };
+        let admin: AdminClient<DefaultClientContext> = self
+            .admin_config
+            .create()
+            .map_err(|e| ProduceError::Config(e.to_string()))?;
+        let t = NewTopic::new(
+            &self.topic,
+            self.config.partitions,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics([&t], &opts)
+            .await
+            .map_err(|e| admin_err(e.to_string()))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(admin_err(code.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the alerts of one detector that the ledger does not record as sent, waits
+    /// for every delivery report (retrying failed ones), records the acknowledged
+    /// alerts in the ledger and updates the metrics.
+    pub async fn send_detector(
+        &self,
+        batch: DetectorAlerts<'_>,
+    ) -> Result<DetectorReport, ProduceError> {
+        let already = self.ledger.sent_ids(batch.visit, batch.detector)?;
+        let todo: Vec<usize> = (0..batch.alerts.len())
+            .filter(|&i| !already.contains(&batch.alerts[i].dia_source_id))
+            .collect();
+        let mut report = DetectorReport {
+            skipped: (batch.alerts.len() - todo.len()) as u32,
+            ..Default::default()
+        };
+        metrics::SKIPPED_TOTAL.inc_by(u64::from(report.skipped));
+
+        let mut queue: VecDeque<(usize, u32)> = todo.iter().map(|&i| (i, 0)).collect();
+        let mut pending: VecDeque<(usize, u32, DeliveryFuture)> = VecDeque::new();
+        let mut delivered: Vec<i64> = Vec::with_capacity(todo.len());
+        let mut failed: Vec<String> = Vec::new();
+        let mut latencies: Vec<f64> = Vec::with_capacity(todo.len());
+        let mut keybuf = String::new();
+
+        loop {
+            // Enqueue as much as librdkafka's queue takes.
+            let mut queue_full = false;
+            while let Some(&(i, attempt)) = queue.front() {
+                let alert = &batch.alerts[i];
+                keybuf.clear();
+                use std::fmt::Write;
+                let _ = write!(keybuf, "{}", alert.dia_source_id);
+                let stamp = Utc::now().timestamp_millis().to_string();
+                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: "producer_timestamp",
+                    value: Some(stamp.as_bytes()),
+                });
+                let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                    .key(keybuf.as_bytes())
+                    .payload(&alert.framed[..])
+                    .headers(headers);
+                match self.producer.send_result(record) {
+                    Ok(fut) => {
+                        queue.pop_front();
+                        pending.push_back((i, attempt, fut));
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        queue_full = true;
+                        break;
+                    }
+                    Err((e, _)) => {
+                        // Refused before queueing (too large, bad topic): not retryable.
+                        queue.pop_front();
+                        metrics::DELIVERY_FAILURES_TOTAL
+                            .with_label_values(&["given_up"])
+                            .inc();
+                        failed.push(format!("diaSourceId {}: {e}", alert.dia_source_id));
+                    }
+                }
+            }
+            // Take one delivery report (the oldest), freeing room in the queue.
+            let Some((i, attempt, fut)) = pending.pop_front() else {
+                if queue_full {
+                    // Queue full with nothing of ours pending: other senders fill it.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                break;
+            };
+            let alert = &batch.alerts[i];
+            let outcome = match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("the producer was dropped before delivery".to_owned()),
+            };
+            match outcome {
+                Ok(()) => {
+                    delivered.push(alert.dia_source_id);
+                    report.bytes += alert.framed.len() as u64;
+                    let since = Utc::now() - batch.shutter_close;
+                    latencies.push(since.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6);
+                }
+                Err(reason) if attempt < self.config.retries => {
+                    tracing::warn!(
+                        visit = batch.visit.0,
+                        detector = batch.detector.0,
+                        dia_source_id = alert.dia_source_id,
+                        attempt,
+                        %reason,
+                        "Alert delivery failed; retrying."
+                    );
+                    report.retries += 1;
+                    metrics::DELIVERY_FAILURES_TOTAL
+                        .with_label_values(&["retried"])
+                        .inc();
+                    queue.push_back((i, attempt + 1));
+                }
+                Err(reason) => {
+                    metrics::DELIVERY_FAILURES_TOTAL
+                        .with_label_values(&["given_up"])
+                        .inc();
+                    failed.push(format!("diaSourceId {}: {reason}", alert.dia_source_id));
+                }
+            }
+        }
+
+        self.ledger
+            .record_sent(batch.visit, batch.detector, &delivered)?;
+        report.sent = delivered.len() as u32;
+        metrics::SENT_TOTAL.inc_by(delivered.len() as u64);
+        metrics::SENT_BYTES_TOTAL.inc_by(report.bytes);
+        for l in latencies {
+            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS.observe(l);
+        }
+        if let Some(first) = failed.first() {
+            return Err(ProduceError::Undelivered {
+                visit: batch.visit,
+                detector: batch.detector,
+                failed: failed.len(),
+                total: todo.len(),
+                reason: first.clone(),
+            });
+        }
+        tracing::debug!(
+            visit = batch.visit.0,
+            detector = batch.detector.0,
+            sent = report.sent,
+            skipped = report.skipped,
+            "Alerts delivered."
+        );
+        Ok(report)
+    }
+
+    /// Waits until every queued message is delivered, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| ProduceError::Flush(e.to_string()))
+    }
+}

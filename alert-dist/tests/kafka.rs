@@ -1,0 +1,309 @@
+//! The alert producer and the archive's consumer against a real Kafka-protocol broker
+//! (feature `kafka`, `APFLOW_TEST_KAFKA_BROKERS=host:port`; `scripts/test` starts
+//! one on 127.0.0.1). Without the variable the test says so and passes.
+#![cfg(feature = "kafka")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apflow_alert_dist::archive::{
+    Archive, KafkaArchiveOptions, archive_from_kafka, read_container,
+};
+use apflow_alert_dist::ledger::Ledger;
+use apflow_alert_dist::metrics;
+use apflow_alert_dist::producer::{
+    AlertProducer, Compression, DetectorAlerts, FramedAlert, ProducerConfig, VisitTally,
+};
+use apflow_alert_dist::wire::frame_into;
+use apflow_core::bus::KafkaConfig;
+use apflow_core::bus::kafka::base_config;
+use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
+use chrono::Utc;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+
+const SCHEMA: &str = r#"{"type":"record","name":"alert","namespace":"apflow.test","fields":[{"name":"diaSourceId","type":"long"},{"name":"cutout","type":"bytes"}]}"#;
+const SCHEMA_ID: u32 = 1100;
+
+fn broker() -> Option<String> {
+    let b = std::env::var("APFLOW_TEST_KAFKA_BROKERS").ok();
+    if b.is_none() {
+        eprintln!("APFLOW_TEST_KAFKA_BROKERS not set: Kafka scenario skipped");
+    }
+    b
+}
+
+fn zigzag(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// `n` framed alerts of `SCHEMA` for (visit, detector), 1–4 KB of random cutout each.
+fn alerts(rng: &mut ChaCha8Rng, visit: VisitId, detector: u16, n: u32) -> Vec<FramedAlert> {
+    (0..n)
+        .map(|c| {
+            let id = DiaSourceId::new(visit, DetectorId(detector), c).unwrap().0;
+            let len = rng.random_range(1000..4000);
+            let cutout: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let mut body = Vec::new();
+            zigzag(&mut body, id);
+            zigzag(&mut body, len as i64);
+            body.extend_from_slice(&cutout);
+            let mut framed = Vec::new();
+            frame_into(SCHEMA_ID, &body, &mut framed);
+            FramedAlert {
+                dia_source_id: id,
+                framed: framed.into(),
+            }
+        })
+        .collect()
+}
+
+fn kafka_config() -> KafkaConfig {
+    KafkaConfig {
+        fetch_wait_max: Duration::from_millis(10),
+        ..KafkaConfig::default()
+    }
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{}-{name}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Reads `topic` from the start until `expected` messages arrived or 60 s passed.
+async fn consume_all(brokers: &str, topic: &str, expected: usize) -> Vec<(String, Vec<u8>, i64)> {
+    let consumer: StreamConsumer = base_config(brokers, &kafka_config())
+        .unwrap()
+        .set("group.id", unique("check"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < expected {
+        let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let m = m.unwrap();
+        let stamp = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "producer_timestamp"))
+            .and_then(|h| std::str::from_utf8(h.value.unwrap()).ok()?.parse().ok())
+            .expect("producer_timestamp header");
+        out.push((
+            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            m.payload().unwrap().to_vec(),
+            stamp,
+        ));
+    }
+    consumer.unsubscribe();
+    out
+}
+
+/// Sum of the high watermarks of `topic`'s partitions.
+fn messages_in(brokers: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: rdkafka::consumer::BaseConsumer = base_config(brokers, &kafka_config())
+        .unwrap()
+        .set("group.id", unique("wm"))
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
+    let Some(brokers) = broker() else { return };
+    metrics::register();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite")).unwrap());
+    let config = ProducerConfig {
+        topic_template: format!("{}-v{{major}}", unique("alerts")),
+        partitions: 3,
+        compression: Compression::Lz4,
+        linger: Duration::from_millis(2),
+        ..ProducerConfig::default()
+    };
+    let producer =
+        AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger.clone()).unwrap();
+    producer.ensure_topic().await.unwrap();
+    producer.ensure_topic().await.unwrap(); // already there: fine
+    let topic = producer.topic().to_owned();
+    assert!(topic.ends_with("-v11"));
+
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let visit = VisitId::new(20261122, 42).unwrap();
+    let batches = [
+        (5u16, alerts(&mut rng, visit, 5, 70)),
+        (9, alerts(&mut rng, visit, 9, 50)),
+    ];
+    let total: usize = batches.iter().map(|b| b.1.len()).sum();
+    let sent_before = metrics::SENT_TOTAL.get();
+    let mut tally = VisitTally::new(visit, 3);
+    let shutter_close = Utc::now();
+    for (det, a) in &batches {
+        let r = producer
+            .send_detector(DetectorAlerts {
+                visit,
+                detector: DetectorId(*det),
+                shutter_close,
+                alerts: a,
+            })
+            .await
+            .unwrap();
+        assert_eq!((r.sent as usize, r.skipped), (a.len(), 0));
+        assert_eq!(
+            r.bytes,
+            a.iter().map(|x| x.framed.len() as u64).sum::<u64>()
+        );
+        assert_eq!(
+            ledger.count(visit, DetectorId(*det)).unwrap() as usize,
+            a.len()
+        );
+        tally.done(DetectorId(*det), &r);
+    }
+    tally.failed(DetectorId(12));
+    let event = tally.event(Utc::now());
+    assert_eq!((event.n_alerts as usize, event.detectors_done), (total, 2));
+    assert_eq!(metrics::SENT_TOTAL.get() - sent_before, total as u64);
+
+    // Everything arrives once, keyed by diaSourceId, with the exact bytes.
+    let got = consume_all(&brokers, &topic, total).await;
+    assert_eq!(got.len(), total);
+    let by_key: BTreeMap<String, Vec<u8>> =
+        got.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
+    assert_eq!(by_key.len(), total, "keys are unique");
+    for a in batches.iter().flat_map(|b| &b.1) {
+        assert_eq!(by_key[&a.dia_source_id.to_string()], a.framed);
+    }
+    let produced_ms = shutter_close.timestamp_millis();
+    assert!(got.iter().all(|(_, _, t)| *t >= produced_ms));
+
+    // A rerun of the same detectors (new producer, same ledger) sends nothing.
+    let before = messages_in(&brokers, &topic, 3);
+    assert_eq!(before as usize, total);
+    let again = AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger.clone()).unwrap();
+    for (det, a) in &batches {
+        let r = again
+            .send_detector(DetectorAlerts {
+                visit,
+                detector: DetectorId(*det),
+                shutter_close,
+                alerts: a,
+            })
+            .await
+            .unwrap();
+        assert_eq!((r.sent, r.skipped as usize), (0, a.len()));
+    }
+    again.flush(Duration::from_secs(10)).unwrap();
+    assert_eq!(messages_in(&brokers, &topic, 3), before);
+
+    // The archive, fed by a consumer of the full stream, keeps every alert.
+    let archive = Arc::new(Archive::open(dir.path().join("archive")).unwrap());
+    archive.put_schema(SCHEMA_ID, SCHEMA).unwrap();
+    let mut opts = KafkaArchiveOptions::new(&topic);
+    opts.group = unique("archive");
+    opts.idle_exit = Some(Duration::from_secs(3));
+    let written = tokio::time::timeout(
+        Duration::from_secs(120),
+        archive_from_kafka(
+            &brokers,
+            &kafka_config(),
+            &opts,
+            archive.clone(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the archive consumer finishes")
+    .unwrap();
+    assert_eq!(written as usize, total);
+    for a in batches.iter().flat_map(|b| &b.1) {
+        assert_eq!(archive.get_alert(a.dia_source_id).unwrap(), a.framed);
+    }
+    let night = read_container(&archive.night_path(20261122, SCHEMA_ID)).unwrap();
+    assert_eq!(night.count() as usize, total);
+    let datums: Vec<u8> = night.blocks.iter().flat_map(|b| b.1.clone()).collect();
+    assert_eq!(
+        datums.len(),
+        batches
+            .iter()
+            .flat_map(|b| &b.1)
+            .map(|a| a.framed.len() - 5)
+            .sum::<usize>()
+    );
+    let ids: BTreeSet<i64> = batches
+        .iter()
+        .flat_map(|b| &b.1)
+        .map(|a| a.dia_source_id)
+        .collect();
+    assert_eq!(ids.len(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_alerts_are_retried_then_reported_and_not_recorded() {
+    let Some(brokers) = broker() else { return };
+    metrics::register();
+    let ledger = Arc::new(Ledger::in_memory().unwrap());
+    // A topic that does not exist (the test broker does not create topics on
+    // produce): every delivery report fails.
+    let mut config = ProducerConfig {
+        topic_template: format!("{}-missing-v{{major}}", unique("alerts")),
+        message_timeout: Duration::from_millis(500),
+        retries: 1,
+        ..ProducerConfig::default()
+    };
+    config
+        .librdkafka
+        .insert("topic.metadata.propagation.max.ms".into(), "100".into());
+    let producer =
+        AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger.clone()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let visit = VisitId::new(20261122, 43).unwrap();
+    let a = alerts(&mut rng, visit, 1, 4);
+    let failures = |o: &str| {
+        metrics::DELIVERY_FAILURES_TOTAL
+            .with_label_values(&[o])
+            .get()
+    };
+    let (retried, given_up) = (failures("retried"), failures("given_up"));
+    let err = producer
+        .send_detector(DetectorAlerts {
+            visit,
+            detector: DetectorId(1),
+            shutter_close: Utc::now(),
+            alerts: &a,
+        })
+        .await
+        .unwrap_err();
+    match err {
+        apflow_alert_dist::producer::ProduceError::Undelivered { failed, total, .. } => {
+            assert_eq!((failed, total), (4, 4))
+        }
+        e => panic!("expected Undelivered, got {e}"),
+    }
+    assert_eq!(failures("retried") - retried, 4);
+    assert_eq!(failures("given_up") - given_up, 4);
+    assert_eq!(ledger.count(visit, DetectorId(1)).unwrap(), 0);
+}
