@@ -673,19 +673,19 @@ fn clip(values: &[f64], nsig: f64, two_sided: bool, floor: f64) -> Vec<bool> {
 
 /// Mean of the variance plane over pixels with data.
 fn mean_variance(img: &MaskedImage) -> f64 {
-    let (mut s, mut n) = (0.0f64, 0usize);
-    for ((&v, &m), &p) in img
-        .variance
-        .data()
-        .iter()
-        .zip(img.mask.data())
-        .zip(img.image.data())
-    {
-        if v.is_finite() && v > 0.0 && p.is_finite() && m & mask::NO_DATA == 0 {
-            s += v as f64;
-            n += 1;
+    // Eight independent partial sums (the add chain, not memory, bounds one long sum).
+    const L: usize = 8;
+    let (mut s, mut n) = ([0.0f64; L], [0usize; L]);
+    let (var, msk, img) = (img.variance.data(), img.mask.data(), img.image.data());
+    for ((v, m), p) in var.chunks(L).zip(msk.chunks(L)).zip(img.chunks(L)) {
+        for k in 0..v.len() {
+            let ok =
+                v[k].is_finite() && v[k] > 0.0 && p[k].is_finite() && m[k] & mask::NO_DATA == 0;
+            s[k] += if ok { f64::from(v[k]) } else { 0.0 };
+            n[k] += usize::from(ok);
         }
     }
+    let (s, n) = (s.iter().sum::<f64>(), n.iter().sum::<usize>());
     if n == 0 { 0.0 } else { s / n as f64 }
 }
 
@@ -997,22 +997,21 @@ fn apply_kernel(
     let mut out = vec![0.0f32; w * h];
     // Constant term.
     fft.forward_kernel(&kimgs[0].1, &mut khat);
-    let mut phi: Vec<f32> = Vec::new();
     if decorrelate {
         let ks = kernel.sum_at((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0) as f32;
         let (vb, va) = (var_b as f32, var_a as f32);
-        phi = khat
-            .iter()
-            .map(|k| phi_hat(k.norm_sqr(), vb, va, ks * ks) * norm)
-            .collect();
         let mut bhat = fft.new_spectrum();
         fft.forward_image(
             &b.image,
             |i, v| if has_data(v, bmask[i]) { v } else { 0.0 },
             &mut bhat,
         );
-        for (((bb, &k), &aa), &p) in bhat.iter_mut().zip(&khat).zip(&ahat).zip(&phi) {
-            *bb = (*bb - k * aa) * p;
+        // Φ (with the inverse-FFT normalisation) is folded into Â here, so the spatial
+        // terms below need no separate Φ array (one fewer spectrum-sized buffer/pass).
+        for ((bb, &k), aa) in bhat.iter_mut().zip(&khat).zip(ahat.iter_mut()) {
+            let p = phi_hat(k.norm_sqr(), vb, va, ks * ks) * norm;
+            *bb = (*bb - k * *aa) * p;
+            *aa *= p;
         }
         fft.inverse_with(&mut bhat, w, h, |i, row| {
             out[i..i + row.len()].copy_from_slice(row);
@@ -1036,8 +1035,9 @@ fn apply_kernel(
     for ((p, q), kimg) in kimgs.iter().skip(1) {
         fft.forward_kernel(kimg, &mut khat);
         if decorrelate {
-            for ((k, &aa), &f) in khat.iter_mut().zip(&ahat).zip(&phi) {
-                *k = *k * aa * f;
+            // Â already carries Φ and the normalisation.
+            for (k, &aa) in khat.iter_mut().zip(&ahat) {
+                *k *= aa;
             }
         } else {
             for (k, &aa) in khat.iter_mut().zip(&ahat) {
