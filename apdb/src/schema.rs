@@ -945,6 +945,46 @@ pub const PART_COLUMN: &str = "apdb_part";
 /// Storage column holding the time partition (`floor(MJD TAI / 30 d)`).
 pub const TIME_PART_COLUMN: &str = "apdb_time_part";
 
+/// The column names of a record, in order.
+pub(crate) fn column_names<R: Record>() -> Vec<String> {
+    R::columns().into_iter().map(|c| c.name).collect()
+}
+
+/// Column names double-quoted and comma-separated, for SQL and CQL.
+pub(crate) fn quoted(cols: &[String]) -> String {
+    cols.iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row of a history table (DiaSource, DiaForcedSource): read back in time order.
+pub(crate) trait HistoryRow {
+    /// `(midpointMjdTai, id)`.
+    fn order_key(&self) -> (f64, i64);
+}
+
+impl HistoryRow for DiaSource {
+    fn order_key(&self) -> (f64, i64) {
+        (self.midpoint_mjd_tai.0, self.dia_source_id.0)
+    }
+}
+
+impl HistoryRow for DiaForcedSource {
+    fn order_key(&self) -> (f64, i64) {
+        (self.midpoint_mjd_tai.0, self.dia_forced_source_id)
+    }
+}
+
+/// Sorts history rows by time, then id (the order every backend returns).
+pub(crate) fn sort_history<T: HistoryRow>(rows: &mut [T]) {
+    rows.sort_by(|a, b| {
+        let (ta, ia) = a.order_key();
+        let (tb, ib) = b.order_key();
+        ta.total_cmp(&tb).then(ia.cmp(&ib))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1028,44 +1068,4 @@ mod tests {
         assert!(!v("2.0").can_open(v("1.0")));
         assert!("x".parse::<SchemaVersion>().is_err());
     }
-}
-
-/// The column names of a record, in order.
-pub(crate) fn column_names<R: Record>() -> Vec<String> {
-    R::columns().into_iter().map(|c| c.name).collect()
-}
-
-/// Column names double-quoted and comma-separated, for SQL and CQL.
-pub(crate) fn quoted(cols: &[String]) -> String {
-    cols.iter()
-        .map(|c| format!("\"{c}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A row of a history table (DiaSource, DiaForcedSource): read back in time order.
-pub(crate) trait HistoryRow {
-    /// `(midpointMjdTai, id)`.
-    fn order_key(&self) -> (f64, i64);
-}
-
-impl HistoryRow for DiaSource {
-    fn order_key(&self) -> (f64, i64) {
-        (self.midpoint_mjd_tai.0, self.dia_source_id.0)
-    }
-}
-
-impl HistoryRow for DiaForcedSource {
-    fn order_key(&self) -> (f64, i64) {
-        (self.midpoint_mjd_tai.0, self.dia_forced_source_id)
-    }
-}
-
-/// Sorts history rows by time, then id (the order every backend returns).
-pub(crate) fn sort_history<T: HistoryRow>(rows: &mut [T]) {
-    rows.sort_by(|a, b| {
-        let (ta, ia) = a.order_key();
-        let (tb, ib) = b.order_key();
-        ta.total_cmp(&tb).then(ia.cmp(&ib))
-    });
 }

@@ -561,7 +561,7 @@ impl Header<'_> {
 }
 
 /// The TAN-SIP WCS in one HDU's header; `what` names the HDU in errors.
-pub(crate) fn read_wcs(
+pub fn read_wcs(
     f: &mut FitsFile,
     hdu: &FitsHdu,
     path: &Path,

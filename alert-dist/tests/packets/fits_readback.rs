@@ -6,7 +6,7 @@ use std::path::Path;
 use apflow_alert_dist::fits::{self, cutout_fits};
 use apflow_alert_dist::synth;
 use apflow_core::wcs::CardValue;
-use apflow_prompt_proc::fitsimage::read_wcs;
+use apflow_prompt_proc::io::read_wcs;
 use fitsio::FitsFile;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -38,7 +38,7 @@ fn cfitsio_reads_back_every_plane_and_the_wcs() {
     assert_eq!(primary.read_key::<String>(&mut f, "BUNIT").unwrap(), "nJy");
     assert_eq!(primary.read_key::<i64>(&mut f, "CUTMINX").unwrap(), 1500);
     assert_eq!(primary.read_key::<i64>(&mut f, "DIASRCID").unwrap(), 12345);
-    let back = read_wcs(&mut f, &primary, Path::new("cutout.fits")).unwrap();
+    let back = read_wcs(&mut f, &primary, Path::new("cutout.fits"), "primary HDU").unwrap();
     // Shortest round-trip formatting: the WCS comes back bit for bit.
     assert_eq!(back, c.wcs);
     // And it is the detector WCS moved to the cutout's grid.

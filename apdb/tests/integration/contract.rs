@@ -432,7 +432,6 @@ pub async fn scylla_fresh(test: &str) -> Option<AnyApdb> {
     let config = ApdbConfig {
         replication_factor: 1,
         consistency: "ONE".into(),
-        ..Default::default()
     };
     Some(AnyApdb::create(&url, &config).await.unwrap())
 }
