@@ -104,7 +104,8 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
     let numbers = |prefix: &str| -> Vec<usize> {
         let line = out
             .lines()
-            .find(|l| l.trim_start().starts_with(prefix))
+            // Summary lines are indented by two spaces (per-stage lines by four).
+            .find(|l| l.starts_with(&format!("  {prefix} ")))
             .unwrap_or_else(|| panic!("no {prefix} line: {out}"));
         line.split(|c: char| !c.is_ascii_digit())
             .filter_map(|t| t.parse().ok())

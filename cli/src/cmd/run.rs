@@ -815,10 +815,10 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         .flat_map(|o| std::iter::repeat_n(o.alert_latency, o.counts.alerts as usize))
         .collect();
     println!(
-        "  alerts          {} archived in {} ({} DiaSources refused an alert)",
+        "  alerts          {} archived, {} DiaSources refused an alert; archive {}",
         processed.total(|o| o.counts.alerts as usize),
-        archive_dir.display(),
-        processed.total(|o| o.alerts_refused)
+        processed.total(|o| o.alerts_refused),
+        archive_dir.display()
     );
     println!(
         "  latency         end of readout → alert archived: {}",
