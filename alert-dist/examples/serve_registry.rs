@@ -13,20 +13,11 @@ use std::sync::Arc;
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
-use apflow_alert_dist::wire::frame_into;
+use apflow_alert_dist::wire::{frame_into, put_long};
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
 
 const V1: &str = r#"{"type":"record","name":"alert","namespace":"apflow.example","fields":[{"name":"diaSourceId","type":"long"},{"name":"note","type":"string"}]}"#;
 const V2: &str = r#"{"type":"record","name":"alert","namespace":"apflow.example","fields":[{"name":"diaSourceId","type":"long"},{"name":"note","type":"string"},{"name":"score","type":["null","double"],"default":null}]}"#;
-
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -57,8 +48,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let id = DiaSourceId::new(VisitId::new(day, seq)?, DetectorId((c % 4) as u16), c)?.0;
             let note = format!("night {day} source {c}");
             let mut body = Vec::new();
-            long(&mut body, id);
-            long(&mut body, note.len() as i64);
+            put_long(&mut body, id);
+            put_long(&mut body, note.len() as i64);
             body.extend_from_slice(note.as_bytes());
             let mut framed = Vec::new();
             frame_into(1100, &body, &mut framed);

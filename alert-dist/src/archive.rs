@@ -49,7 +49,7 @@ use thiserror::Error;
 use crate::metrics;
 use crate::producer::FramedAlert;
 use crate::registry::SchemaRegistry;
-use crate::wire::{self, WireError};
+use crate::wire::{self, WireError, get_bytes, get_long, put_bytes, put_long};
 
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -398,41 +398,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
 // Avro object container files (Avro 1.11 specification, "Object Container Files").
 
 const OCF_MAGIC: &[u8; 4] = b"Obj\x01";
-
-/// Avro `long`: zig-zag, then base-128 varint.
-fn put_long(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    put_long(out, b.len() as i64);
-    out.extend_from_slice(b);
-}
-
-fn get_long(buf: &[u8], pos: &mut usize) -> Option<i64> {
-    let mut z = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        z |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
-        }
-    }
-    None
-}
-
-fn get_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
-    let n = usize::try_from(get_long(buf, pos)?).ok()?;
-    let s = buf.get(*pos..pos.checked_add(n)?)?;
-    *pos += n;
-    Some(s)
-}
 
 /// A container file's metadata map.
 type Metadata = BTreeMap<String, Vec<u8>>;

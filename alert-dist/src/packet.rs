@@ -40,7 +40,7 @@ use thiserror::Error;
 use crate::coords::{ecliptic_j2000, galactic};
 use crate::fits::{self, CutoutBytes, FitsError};
 use crate::schema::{self, FieldPlan, RecordPlan, SCHEMA_ID, alert_schema};
-use crate::wire::{self, HEADER_LEN, WireError};
+use crate::wire::{self, HEADER_LEN, WireError, put_bytes, put_long};
 
 /// Why a packet could not be encoded or decoded.
 #[derive(Debug, Error)]
@@ -139,22 +139,6 @@ pub fn ss_source_values(ds: &DiaSource, ss: Option<&SsObject>) -> Option<[Value;
         Value::Double(l),
         Value::Double(b),
     ])
-}
-
-#[inline]
-fn put_long(out: &mut Vec<u8>, n: i64) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-#[inline]
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    put_long(out, b.len() as i64);
-    out.extend_from_slice(b);
 }
 
 fn value_text(v: &Value) -> String {

@@ -47,6 +47,49 @@ pub fn unframe(msg: &[u8]) -> Result<(u32, &[u8]), WireError> {
     Ok((id, &msg[HEADER_LEN..]))
 }
 
+// Avro binary primitives (Avro 1.11 specification, "Binary Encoding"), shared by the
+// packet encoder, the archive's container files and the tests' small datums.
+
+/// Appends an Avro `long` (or `int`): zig-zag, then base-128 varint.
+#[inline]
+pub fn put_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Appends Avro `bytes` (or `string`): the length as a `long`, then the bytes.
+#[inline]
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+/// Reads an Avro `long` at `*pos`, advancing it; `None` when truncated or over 64 bits.
+pub fn get_long(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut z = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        z |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Reads Avro `bytes` at `*pos`, advancing it.
+pub fn get_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let n = usize::try_from(get_long(buf, pos)?).ok()?;
+    let s = buf.get(*pos..pos.checked_add(n)?)?;
+    *pos += n;
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +103,22 @@ mod tests {
         assert_eq!(unframe(&m[..4]), Err(WireError::Short(4)));
         m[0] = 1;
         assert_eq!(unframe(&m), Err(WireError::Magic(1)));
+    }
+
+    #[test]
+    fn avro_longs_round_trip() {
+        for v in [0i64, 1, -1, 63, -64, 64, 1 << 40, i64::MAX, i64::MIN] {
+            let mut b = Vec::new();
+            put_long(&mut b, v);
+            let mut pos = 0;
+            assert_eq!(get_long(&b, &mut pos), Some(v));
+            assert_eq!(pos, b.len());
+        }
+        // Spec examples: 1 -> 02, -1 -> 01, 64 -> 80 01.
+        let mut b = Vec::new();
+        for v in [1, -1, 64] {
+            put_long(&mut b, v);
+        }
+        assert_eq!(b, [0x02, 0x01, 0x80, 0x01]);
     }
 }

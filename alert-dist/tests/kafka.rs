@@ -15,7 +15,7 @@ use apflow_alert_dist::metrics;
 use apflow_alert_dist::producer::{
     AlertProducer, Compression, DetectorAlerts, FramedAlert, ProducerConfig, VisitTally,
 };
-use apflow_alert_dist::wire::frame_into;
+use apflow_alert_dist::wire::{frame_into, put_long};
 use apflow_core::bus::KafkaConfig;
 use apflow_core::bus::kafka::base_config;
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
@@ -37,15 +37,6 @@ fn broker() -> Option<String> {
     b
 }
 
-fn zigzag(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
 /// `n` framed alerts of `SCHEMA` for (visit, detector), 1–4 KB of random cutout each.
 fn alerts(rng: &mut ChaCha8Rng, visit: VisitId, detector: u16, n: u32) -> Vec<FramedAlert> {
     (0..n)
@@ -54,8 +45,8 @@ fn alerts(rng: &mut ChaCha8Rng, visit: VisitId, detector: u16, n: u32) -> Vec<Fr
             let len = rng.random_range(1000..4000);
             let cutout: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             let mut body = Vec::new();
-            zigzag(&mut body, id);
-            zigzag(&mut body, len as i64);
+            put_long(&mut body, id);
+            put_long(&mut body, len as i64);
             body.extend_from_slice(&cutout);
             let mut framed = Vec::new();
             frame_into(SCHEMA_ID, &body, &mut framed);

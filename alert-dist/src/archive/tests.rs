@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::registry::tests::SMALL_SCHEMA;
-use crate::wire::frame_into;
+use crate::wire::{frame_into, put_bytes, put_long};
 
 const SCHEMA_ID: u32 = 1100;
 
@@ -209,23 +209,6 @@ fn a_night_file_of_another_schema_is_not_appended_to() {
     let y = alert(&mut rng, id(20261122, 1, 3, 1));
     let e = a.put_batch(&[y]).unwrap_err();
     assert!(matches!(e, ArchiveError::BadContainer { .. }), "{e}");
-}
-
-#[test]
-fn avro_longs_round_trip() {
-    for v in [0i64, 1, -1, 63, -64, 64, 1 << 40, i64::MAX, i64::MIN] {
-        let mut b = Vec::new();
-        put_long(&mut b, v);
-        let mut pos = 0;
-        assert_eq!(get_long(&b, &mut pos), Some(v));
-        assert_eq!(pos, b.len());
-    }
-    // Spec examples: 1 -> 02, -1 -> 01, 64 -> 80 01.
-    let mut b = Vec::new();
-    for v in [1, -1, 64] {
-        put_long(&mut b, v);
-    }
-    assert_eq!(b, [0x02, 0x01, 0x80, 0x01]);
 }
 
 #[tokio::test]
