@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -311,17 +311,23 @@ impl Archive {
                 v.insert(open_night(&path, &schema, night, schema_id)?)
             }
         };
-        let mut data = Vec::new();
+        // One block: count, byte length, the datums (the wire bytes after the header),
+        // the sync marker — written straight from the alerts, no intermediate copy.
+        let len: usize = alerts
+            .iter()
+            .map(|a| a.framed.len() - wire::HEADER_LEN)
+            .sum();
+        let mut head = Vec::with_capacity(20);
+        put_long(&mut head, alerts.len() as i64);
+        put_long(&mut head, len as i64);
+        let w = &mut nf.file;
+        w.write_all(&head).map_err(io_err(&path))?;
         for a in alerts {
-            data.extend_from_slice(&a.framed[wire::HEADER_LEN..]);
+            w.write_all(&a.framed[wire::HEADER_LEN..])
+                .map_err(io_err(&path))?;
         }
-        let mut block = Vec::with_capacity(data.len() + 36);
-        put_long(&mut block, alerts.len() as i64);
-        put_long(&mut block, data.len() as i64);
-        block.extend_from_slice(&data);
-        block.extend_from_slice(&nf.sync);
-        nf.file.write_all(&block).map_err(io_err(&path))?;
-        nf.file.flush().map_err(io_err(&path))?;
+        w.write_all(&nf.sync).map_err(io_err(&path))?;
+        w.flush().map_err(io_err(&path))?;
         nf.file.get_ref().sync_data().map_err(io_err(&path))?;
         Ok(())
     }
@@ -468,19 +474,32 @@ fn open_night(
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
-    let existing = match fs::read(path) {
-        Ok(b) if !b.is_empty() => Some(b),
-        Ok(_) => None,
+    let existing = match File::open(path) {
+        Ok(f) => {
+            let len = f.metadata().map_err(io_err(path))?.len();
+            (len > 0).then_some((f, len))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(path)(e)),
     };
     let sync = match existing {
-        Some(buf) => {
-            let (meta, sync, _) = parse_header(&buf).ok_or_else(|| bad("unreadable header"))?;
+        Some((mut f, len)) => {
+            // Only the header and the last 16 bytes are read: a night's file holds GBs.
+            let header_len = header_bytes(schema, &[0; 16]).len() as u64;
+            let mut head = Vec::new();
+            (&mut f)
+                .take(header_len.max(4096))
+                .read_to_end(&mut head)
+                .map_err(io_err(path))?;
+            let (meta, sync, _) = parse_header(&head).ok_or_else(|| bad("unreadable header"))?;
             if meta.get("avro.schema").map(Vec::as_slice) != Some(schema.as_bytes()) {
                 return Err(bad("written with another schema"));
             }
-            if !buf.ends_with(&sync) && buf.len() != header_bytes(schema, &sync).len() {
+            let mut tail = [0u8; 16];
+            f.seek(SeekFrom::Start(len.saturating_sub(16)))
+                .and_then(|_| f.read_exact(&mut tail))
+                .map_err(io_err(path))?;
+            if tail != sync && len != header_len {
                 return Err(bad("does not end with a complete block (truncated write?)"));
             }
             sync
