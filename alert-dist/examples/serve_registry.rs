@@ -13,7 +13,7 @@ use std::sync::Arc;
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
-use apflow_alert_dist::wire::{frame_into, put_long};
+use apflow_alert_dist::wire::{frame_into, put_bytes, put_long};
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
 
 const V1: &str = r#"{"type":"record","name":"alert","namespace":"apflow.example","fields":[{"name":"diaSourceId","type":"long"},{"name":"note","type":"string"}]}"#;
@@ -49,8 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let note = format!("night {day} source {c}");
             let mut body = Vec::new();
             put_long(&mut body, id);
-            put_long(&mut body, note.len() as i64);
-            body.extend_from_slice(note.as_bytes());
+            put_bytes(&mut body, note.as_bytes());
             let mut framed = Vec::new();
             frame_into(1100, &body, &mut framed);
             alerts.push(FramedAlert {

@@ -35,7 +35,7 @@ impl XorShift {
 }
 
 /// The visit the synthetic alerts belong to.
-pub fn bench_visit() -> VisitId {
+fn bench_visit() -> VisitId {
     VisitId::new(20261122, 1).expect("valid visit")
 }
 
@@ -95,7 +95,6 @@ mod kafka {
     use std::time::{Duration, Instant};
 
     use apflow_core::bus::KafkaConfig;
-    use apflow_core::bus::kafka::base_config;
     use apflow_core::ids::DetectorId;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -164,8 +163,8 @@ mod kafka {
         Ok(f)
     }
 
-    /// The same bytes through a bare `FutureProducer` with the same batching and
-    /// compression: no key formatting, headers, ledger or metrics — the floor set by
+    /// The same bytes through a bare `FutureProducer` with the producer's own client
+    /// settings: no key formatting, headers, ledger or metrics — the floor set by
     /// librdkafka and the broker.
     pub async fn baseline_produce(
         brokers: &str,
@@ -174,17 +173,10 @@ mod kafka {
         topic: &str,
         detectors: &[(DetectorId, Vec<FramedAlert>)],
     ) -> Result<ProduceFigures, ProduceError> {
-        let err = |e: &dyn std::fmt::Display| ProduceError::Config(e.to_string());
-        let producer: FutureProducer = base_config(brokers, kafka)
-            .map_err(|e| err(&e))?
-            .set("enable.idempotence", "true")
-            .set("compression.type", config.compression.as_str())
-            .set("linger.ms", config.linger.as_millis().to_string())
-            .set("batch.num.messages", config.batch_num_messages.to_string())
-            .set("batch.size", config.batch_size.to_string())
-            .set("message.max.bytes", config.message_max_bytes.to_string())
-            .create()
-            .map_err(|e| err(&e))?;
+        let producer: FutureProducer =
+            crate::producer::kafka::client_config(brokers, kafka, config)?
+                .create()
+                .map_err(|e| ProduceError::Config(e.to_string()))?;
         let started = Instant::now();
         let mut pending = std::collections::VecDeque::new();
         let mut f = ProduceFigures {

@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "kafka")]
-mod kafka;
+pub(crate) mod kafka;
 #[cfg(feature = "kafka")]
 pub use kafka::{AlertProducer, ProduceError};
 
@@ -107,10 +107,9 @@ impl std::str::FromStr for Compression {
 pub struct ProducerConfig {
     /// Topic name; `{major}` is replaced by the schema's major version.
     pub topic_template: String,
-    /// Partitions of a topic apflow creates.
+    /// Partitions of a topic apflow creates (its replication factor is the bus's,
+    /// `[bus.kafka] replication_factor`).
     pub partitions: i32,
-    /// Replication factor of a topic apflow creates.
-    pub replication_factor: i32,
     /// Batch compression.
     pub compression: Compression,
     /// `linger.ms`: how long to wait to fill a batch.
@@ -118,8 +117,7 @@ pub struct ProducerConfig {
     pub linger: Duration,
     /// `batch.num.messages`: most messages per batch.
     pub batch_num_messages: u32,
-    /// `batch.size`: most bytes per batch (also sets `message.max.bytes` when larger
-    /// than an alert could be).
+    /// `batch.size`: most bytes per batch.
     pub batch_size: u32,
     /// `message.max.bytes`: the largest message (an alert with its cutouts).
     pub message_max_bytes: u32,
@@ -137,7 +135,6 @@ impl Default for ProducerConfig {
         Self {
             topic_template: "alerts-v{major}".into(),
             partitions: 8,
-            replication_factor: 1,
             compression: Compression::Lz4,
             linger: Duration::from_millis(5),
             batch_num_messages: 10_000,
@@ -166,8 +163,6 @@ pub struct DetectorReport {
     pub skipped: u32,
     /// Wire bytes acknowledged in this call.
     pub bytes: u64,
-    /// Delivery reports that failed and were retried.
-    pub retries: u32,
 }
 
 /// Gathers the outcome of each detector of a visit into a

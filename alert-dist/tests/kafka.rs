@@ -15,7 +15,7 @@ use apflow_alert_dist::metrics;
 use apflow_alert_dist::producer::{
     AlertProducer, Compression, DetectorAlerts, FramedAlert, ProducerConfig, VisitTally,
 };
-use apflow_alert_dist::wire::{frame_into, put_long};
+use apflow_alert_dist::wire::{frame_into, get_bytes, get_long, put_bytes, put_long};
 use apflow_core::bus::KafkaConfig;
 use apflow_core::bus::kafka::base_config;
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
@@ -46,8 +46,7 @@ fn alerts(rng: &mut ChaCha8Rng, visit: VisitId, detector: u16, n: u32) -> Vec<Fr
             let cutout: Vec<u8> = (0..len).map(|_| rng.random()).collect();
             let mut body = Vec::new();
             put_long(&mut body, id);
-            put_long(&mut body, len as i64);
-            body.extend_from_slice(&cutout);
+            put_bytes(&mut body, &cutout);
             let mut framed = Vec::new();
             frame_into(SCHEMA_ID, &body, &mut framed);
             FramedAlert {
@@ -250,6 +249,18 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
         .map(|a| a.dia_source_id)
         .collect();
     assert_eq!(ids.len(), total);
+    // The nightly file holds exactly those alerts, once each.
+    let mut archived = Vec::new();
+    for (count, data) in &night.blocks {
+        let mut pos = 0;
+        for _ in 0..*count {
+            archived.push(get_long(data, &mut pos).unwrap());
+            get_bytes(data, &mut pos).unwrap();
+        }
+        assert_eq!(pos, data.len());
+    }
+    assert_eq!(archived.len(), total);
+    assert_eq!(archived.into_iter().collect::<BTreeSet<_>>(), ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,12 +4,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apflow_core::bus::KafkaConfig;
-use apflow_core::bus::kafka::base_config;
+use apflow_core::bus::kafka::{base_config, create_topics, ms};
+use apflow_core::bus::{KafkaConfig, TopicSpec};
 use apflow_core::ids::{DetectorId, VisitId};
 use chrono::Utc;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -62,7 +61,8 @@ pub enum ProduceError {
 /// The Kafka producer of one alert topic (one schema major version).
 pub struct AlertProducer {
     producer: FutureProducer,
-    admin_config: rdkafka::ClientConfig,
+    brokers: String,
+    kafka: KafkaConfig,
     topic: String,
     config: ProducerConfig,
     ledger: Arc<Ledger>,
@@ -76,8 +76,27 @@ impl std::fmt::Debug for AlertProducer {
     }
 }
 
-fn ms(d: Duration) -> String {
-    d.as_millis().to_string()
+/// The librdkafka settings of an alert producer: the bus's connection and security,
+/// then idempotence, acknowledgements, compression, batching and timeouts, then the
+/// configured overrides (shared with the benchmark's bare producer).
+pub(crate) fn client_config(
+    brokers: &str,
+    kafka: &KafkaConfig,
+    config: &ProducerConfig,
+) -> Result<ClientConfig, ProduceError> {
+    let mut c = base_config(brokers, kafka).map_err(|e| ProduceError::Config(e.to_string()))?;
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", config.compression.as_str())
+        .set("linger.ms", ms(config.linger))
+        .set("batch.num.messages", config.batch_num_messages.to_string())
+        .set("batch.size", config.batch_size.to_string())
+        .set("message.max.bytes", config.message_max_bytes.to_string())
+        .set("message.timeout.ms", ms(config.message_timeout));
+    for (k, v) in &config.librdkafka {
+        c.set(k, v);
+    }
+    Ok(c)
 }
 
 impl AlertProducer {
@@ -90,24 +109,13 @@ impl AlertProducer {
         major: u32,
         ledger: Arc<Ledger>,
     ) -> Result<Self, ProduceError> {
-        let cfg_err = |e: &dyn std::fmt::Display| ProduceError::Config(e.to_string());
-        let admin_config = base_config(brokers, kafka).map_err(|e| cfg_err(&e))?;
-        let mut c = admin_config.clone();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", config.compression.as_str())
-            .set("linger.ms", ms(config.linger))
-            .set("batch.num.messages", config.batch_num_messages.to_string())
-            .set("batch.size", config.batch_size.to_string())
-            .set("message.max.bytes", config.message_max_bytes.to_string())
-            .set("message.timeout.ms", ms(config.message_timeout));
-        for (k, v) in &config.librdkafka {
-            c.set(k, v);
-        }
-        let producer: FutureProducer = c.create().map_err(|e| cfg_err(&e))?;
+        let producer: FutureProducer = client_config(brokers, kafka, config)?
+            .create()
+            .map_err(|e| ProduceError::Config(e.to_string()))?;
         Ok(Self {
             producer,
-            admin_config,
+            brokers: brokers.to_string(),
+            kafka: kafka.clone(),
             topic: config.topic(major),
             config: config.clone(),
             ledger,
@@ -121,31 +129,16 @@ impl AlertProducer {
 
     /// Creates the topic when it does not exist.
     pub async fn ensure_topic(&self) -> Result<(), ProduceError> {
-        let admin_err = |reason: String| ProduceError::Admin {
-            topic: self.topic.clone(),
-            reason,
+        let spec = TopicSpec {
+            name: self.topic.clone(),
+            partitions: self.config.partitions,
         };
-        let admin: AdminClient<DefaultClientContext> = self
-            .admin_config
-            .create()
-            .map_err(|e| ProduceError::Config(e.to_string()))?;
-        let t = NewTopic::new(
-            &self.topic,
-            self.config.partitions,
-            TopicReplication::Fixed(self.config.replication_factor),
-        );
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin
-            .create_topics([&t], &opts)
+        create_topics(&self.brokers, &self.kafka, &[spec])
             .await
-            .map_err(|e| admin_err(e.to_string()))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(admin_err(code.to_string())),
-            }
-        }
-        Ok(())
+            .map_err(|e| ProduceError::Admin {
+                topic: self.topic.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// Sends the alerts of one detector that the ledger does not record as sent, waits
@@ -239,7 +232,6 @@ impl AlertProducer {
                         %reason,
                         "Alert delivery failed; retrying."
                     );
-                    report.retries += 1;
                     metrics::DELIVERY_FAILURES_TOTAL
                         .with_label_values(&["retried"])
                         .inc();

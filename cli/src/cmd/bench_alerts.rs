@@ -42,12 +42,14 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
 
     let brokers = match args.brokers {
         Some(b) => b,
-        None => match config.bus.url.strip_prefix("kafka://") {
-            Some(b) => b.to_owned(),
-            None => std::env::var("APFLOW_TEST_KAFKA_BROKERS").map_err(|_| {
-                anyhow::anyhow!("no broker: pass --brokers, set APFLOW__BUS__URL=kafka://… or APFLOW_TEST_KAFKA_BROKERS")
+        None => config
+            .bus
+            .url
+            .strip_prefix("kafka://")
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                anyhow::anyhow!("no broker: pass --brokers or set APFLOW__BUS__URL=kafka://…")
             })?,
-        },
     };
     let compressions = args
         .compression

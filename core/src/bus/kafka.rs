@@ -45,7 +45,8 @@ impl std::fmt::Debug for KafkaBus {
     }
 }
 
-fn ms(d: Duration) -> String {
+/// A duration as librdkafka milliseconds (at least 1: 0 means "forever" to some keys).
+pub fn ms(d: Duration) -> String {
     d.as_millis().max(1).to_string()
 }
 
@@ -105,35 +106,45 @@ pub fn base_config(brokers: &str, config: &KafkaConfig) -> Result<ClientConfig, 
     Ok(c)
 }
 
+/// Creates `topics` on `brokers` (replication factor from `config`); topics that exist
+/// already are left as they are.
+pub async fn create_topics(
+    brokers: &str,
+    config: &KafkaConfig,
+    topics: &[TopicSpec],
+) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers, config)?
+        .create()
+        .map_err(|e| BusError::Config(e.to_string()))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(|e| BusError::Admin(e.to_string()))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(BusError::Admin(format!("{name}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
 impl BusBackend for KafkaBus {
     type Subscription = KafkaSubscription;
 
     async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<(), BusError> {
-        let admin: AdminClient<DefaultClientContext> = base_config(&self.brokers, &self.config)?
-            .create()
-            .map_err(|e| BusError::Config(e.to_string()))?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    &t.name,
-                    t.partitions,
-                    TopicReplication::Fixed(self.config.replication_factor),
-                )
-            })
-            .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin
-            .create_topics(new.iter(), &opts)
-            .await
-            .map_err(|e| BusError::Admin(e.to_string()))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(BusError::Admin(format!("{name}: {code}"))),
-            }
-        }
-        Ok(())
+        create_topics(&self.brokers, &self.config, topics).await
     }
 
     async fn publish(&self, record: Record) -> Result<Ack, BusError> {
