@@ -11,6 +11,7 @@ use std::io::Write;
 
 use apflow_alert_dist::packet::{AlertEncoder, AssembleConfig, assemble};
 use apflow_alert_dist::synth;
+use apflow_apdb::partition::HISTORY_DAYS;
 use serde_json::json;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,13 +48,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let n_prv = ds.dia_object_id.map(|o| {
             v.history
                 .iter()
-                .filter(|h| h.dia_object_id == Some(o) && h.midpoint_mjd_tai.0 >= v.t - 365.25)
+                .filter(|h| {
+                    h.dia_object_id == Some(o) && h.midpoint_mjd_tai.0 >= v.t - HISTORY_DAYS
+                })
                 .count()
         });
         let n_forced = ds.dia_object_id.map(|o| {
             v.forced
                 .iter()
-                .filter(|f| f.dia_object_id == o && f.midpoint_mjd_tai.0 >= v.t - 365.25)
+                .filter(|f| f.dia_object_id == o && f.midpoint_mjd_tai.0 >= v.t - HISTORY_DAYS)
                 .count()
         });
         let c = &v.cutouts[&ds.dia_source_id];

@@ -9,6 +9,8 @@
 //!
 //! All angles in degrees; longitudes in [0, 360), latitudes in [−90, 90].
 
+use apflow_core::geom::UnitVector;
+
 /// IAU 2006 obliquity of the ecliptic at J2000, degrees.
 pub const OBLIQUITY_J2000_DEG: f64 = 84381.406 / 3600.0;
 
@@ -32,31 +34,24 @@ const ICRS_TO_GAL: [[f64; 3]; 3] = [
     ],
 ];
 
-fn unit(ra_deg: f64, dec_deg: f64) -> [f64; 3] {
-    let (sa, ca) = ra_deg.to_radians().sin_cos();
-    let (sd, cd) = dec_deg.to_radians().sin_cos();
-    [cd * ca, cd * sa, sd]
-}
-
-fn angles(v: [f64; 3]) -> (f64, f64) {
-    let lon = v[1].atan2(v[0]).to_degrees().rem_euclid(360.0);
-    let lat = v[2].clamp(-1.0, 1.0).asin().to_degrees();
-    (lon, lat)
-}
-
 /// Ecliptic (λ, β) of ICRS (ra, dec), degrees.
 pub fn ecliptic_j2000(ra_deg: f64, dec_deg: f64) -> (f64, f64) {
-    let [x, y, z] = unit(ra_deg, dec_deg);
+    let UnitVector { x, y, z } = UnitVector::from_radec_deg(ra_deg, dec_deg);
     let (se, ce) = OBLIQUITY_J2000_DEG.to_radians().sin_cos();
-    angles([x, ce * y + se * z, -se * y + ce * z])
+    UnitVector {
+        x,
+        y: ce * y + se * z,
+        z: -se * y + ce * z,
+    }
+    .to_radec_deg()
 }
 
 /// Galactic (l, b) of ICRS (ra, dec), degrees.
 pub fn galactic(ra_deg: f64, dec_deg: f64) -> (f64, f64) {
-    let v = unit(ra_deg, dec_deg);
+    let v = UnitVector::from_radec_deg(ra_deg, dec_deg);
     let m = &ICRS_TO_GAL;
-    let r = |i: usize| m[i][0] * v[0] + m[i][1] * v[1] + m[i][2] * v[2];
-    angles([r(0), r(1), r(2)])
+    let r = |i: usize| m[i][0] * v.x + m[i][1] * v.y + m[i][2] * v.z;
+    UnitVector::normalized(r(0), r(1), r(2)).to_radec_deg()
 }
 
 #[cfg(test)]

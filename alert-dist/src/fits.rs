@@ -24,7 +24,7 @@
 
 use apflow_core::wcs::{Card, CardValue, TanSipWcs};
 use apflow_prompt_proc::cutout::{Cutout, CutoutSet, shifted_wcs};
-use apflow_prompt_proc::image::{Image, MaskedImage, mask};
+use apflow_prompt_proc::image::{MaskedImage, mask};
 use thiserror::Error;
 
 /// FITS block size, bytes.
@@ -358,10 +358,6 @@ impl FitsImage {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
-    }
-    /// The image as an [`Image`].
-    pub fn to_image(&self) -> Image<f32> {
-        Image::from_vec(self.width, self.height, self.data.clone())
     }
     /// The WCS from the cards.
     pub fn wcs(&self) -> Result<TanSipWcs, apflow_core::wcs::WcsError> {

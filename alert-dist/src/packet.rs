@@ -29,6 +29,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use apflow_apdb::partition::{HISTORY_DAYS, TimeWindow};
 use apflow_apdb::schema::{DiaForcedSource, DiaObject, DiaSource, Fields, SsObject, Value};
 use apflow_core::events::NextVisit;
 use apflow_core::ids::{DiaObjectId, DiaSourceId};
@@ -295,8 +296,7 @@ impl AlertEncoder {
     /// Appends the Confluent-framed packet (header with id 1100, then the body).
     pub fn encode_framed(&mut self, a: &AlertInput, out: &mut Vec<u8>) -> Result<(), PacketError> {
         let start = out.len();
-        out.push(wire::MAGIC);
-        out.extend_from_slice(&SCHEMA_ID.to_be_bytes());
+        wire::put_header(SCHEMA_ID, out);
         if let Err(e) = self.encode_body(a, out) {
             out.truncate(start);
             return Err(e);
@@ -323,6 +323,9 @@ pub struct AssembleConfig {
     /// Smallest cutout side when shrinking, pixels.
     pub min_cutout_size: usize,
     /// History window for previous DiaSources and forced sources, days (12 months).
+    /// Not read from `[alerts]`: `apflow run` sets it to `[association] history_days`,
+    /// the window association read from the APDB (one setting for one window).
+    #[serde(skip)]
     pub history_days: f64,
 }
 
@@ -331,7 +334,7 @@ impl Default for AssembleConfig {
         Self {
             max_packet_bytes: 1_000_000,
             min_cutout_size: 30,
-            history_days: 365.25,
+            history_days: HISTORY_DAYS,
         }
     }
 }
@@ -449,8 +452,8 @@ fn input_for(
     ctx: &VisitContext,
     cfg: &AssembleConfig,
 ) -> Result<AlertInput, DeadLetterReason> {
-    let t = ds.midpoint_mjd_tai.0;
-    let window = |m: f64| m >= t - cfg.history_days && m < t;
+    let history = TimeWindow::days_before(ds.midpoint_mjd_tai, cfg.history_days);
+    let window = |m: f64| history.contains(m);
     let mut input = AlertInput {
         dia_source: ds.clone(),
         context: ctx.clone(),
@@ -561,6 +564,28 @@ fn packet_for(
     }
 }
 
+/// Runs `f` on the alert input of every DiaSource of a detector-visit, in order;
+/// those that cannot get an alert come back as dead letters.
+fn per_source<T>(
+    src: &AlertSources<'_>,
+    ctx: &VisitContext,
+    cfg: &AssembleConfig,
+    mut f: impl FnMut(&DiaSource, AlertInput) -> Result<T, DeadLetterReason>,
+) -> (Vec<T>, Vec<DeadLetter>) {
+    let idx = Index::new(src);
+    let (mut ok, mut dead) = (Vec::new(), Vec::new());
+    for ds in src.dia_sources {
+        match input_for(ds, src, &idx, ctx, cfg).and_then(|input| f(ds, input)) {
+            Ok(t) => ok.push(t),
+            Err(reason) => dead.push(DeadLetter {
+                dia_source_id: ds.dia_source_id,
+                reason,
+            }),
+        }
+    }
+    (ok, dead)
+}
+
 /// One packet per DiaSource of a detector-visit, keyed by `diaSourceId` (module docs).
 pub fn assemble(
     src: &AlertSources<'_>,
@@ -568,20 +593,13 @@ pub fn assemble(
     cfg: &AssembleConfig,
     enc: &mut AlertEncoder,
 ) -> Assembled {
-    let idx = Index::new(src);
-    let mut out = Assembled::default();
-    for ds in src.dia_sources {
-        let r = input_for(ds, src, &idx, ctx, cfg)
-            .and_then(|input| packet_for(input, src.cutouts.get(&ds.dia_source_id), cfg, enc));
-        match r {
-            Ok(p) => out.packets.push(p),
-            Err(reason) => out.dead_letters.push(DeadLetter {
-                dia_source_id: ds.dia_source_id,
-                reason,
-            }),
-        }
+    let (packets, dead_letters) = per_source(src, ctx, cfg, |ds, input| {
+        packet_for(input, src.cutouts.get(&ds.dia_source_id), cfg, enc)
+    });
+    Assembled {
+        packets,
+        dead_letters,
     }
-    out
 }
 
 /// The alert inputs of a detector-visit with full-size cutouts, without encoding (for
@@ -592,27 +610,15 @@ pub fn inputs(
     ctx: &VisitContext,
     cfg: &AssembleConfig,
 ) -> (Vec<AlertInput>, Vec<DeadLetter>) {
-    let idx = Index::new(src);
-    let (mut ok, mut dead) = (Vec::new(), Vec::new());
-    for ds in src.dia_sources {
-        let r = input_for(ds, src, &idx, ctx, cfg).and_then(|mut input| {
-            if let Some(set) = src.cutouts.get(&ds.dia_source_id) {
-                input.cutouts = Some(
-                    fits::cutout_set_fits(set, &id_card(ds.dia_source_id))
-                        .map_err(PacketError::from)?,
-                );
-            }
-            Ok(input)
-        });
-        match r {
-            Ok(i) => ok.push(i),
-            Err(reason) => dead.push(DeadLetter {
-                dia_source_id: ds.dia_source_id,
-                reason,
-            }),
+    per_source(src, ctx, cfg, |ds, mut input| {
+        if let Some(set) = src.cutouts.get(&ds.dia_source_id) {
+            input.cutouts = Some(
+                fits::cutout_set_fits(set, &id_card(ds.dia_source_id))
+                    .map_err(PacketError::from)?,
+            );
         }
-    }
-    (ok, dead)
+        Ok(input)
+    })
 }
 
 /// A decoded alert: its schema id and the Avro value.

@@ -140,8 +140,6 @@ pub struct RecordPlan {
     pub name: &'static str,
     /// Fields in writer-schema order.
     pub fields: Vec<FieldPlan>,
-    /// Number of source columns the record's values have.
-    pub n_columns: usize,
 }
 
 /// The generated alert writer schema.
@@ -415,7 +413,6 @@ fn record(
         RecordPlan {
             name: record,
             fields: plan,
-            n_columns: columns.len(),
         },
     ))
 }

@@ -30,7 +30,7 @@ pub fn zscale(data: &[f32], n_samples: usize, contrast: f64) -> Option<(f64, f64
     };
     let min_pix = (n / 2).max(5);
     let mut keep = vec![true; n];
-    let (mut slope, mut intercept) = (0.0, median);
+    let mut slope = 0.0;
     for _ in 0..5 {
         let pts: Vec<(f64, f64)> = (0..n)
             .filter(|&i| keep[i])
@@ -45,7 +45,7 @@ pub fn zscale(data: &[f32], n_samples: usize, contrast: f64) -> Option<(f64, f64
         let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
         let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
         slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-        intercept = my - slope * mx;
+        let intercept = my - slope * mx;
         let resid: Vec<f64> = pts
             .iter()
             .map(|p| p.1 - (intercept + slope * p.0))
@@ -64,7 +64,6 @@ pub fn zscale(data: &[f32], n_samples: usize, contrast: f64) -> Option<(f64, f64
             break;
         }
     }
-    let _ = intercept;
     let slope = slope / contrast;
     let centre = (n as f64 - 1.0) / 2.0;
     let z1 = (median - centre * slope).max(lo);

@@ -27,11 +27,17 @@ pub enum WireError {
     Magic(u8),
 }
 
+/// Appends the 5-byte header for schema `id`.
+#[inline]
+pub fn put_header(id: u32, out: &mut Vec<u8>) {
+    out.push(MAGIC);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
 /// Writes the header for `id` followed by `body` into `out`.
 pub fn frame_into(id: u32, body: &[u8], out: &mut Vec<u8>) {
     out.reserve(HEADER_LEN + body.len());
-    out.push(MAGIC);
-    out.extend_from_slice(&id.to_be_bytes());
+    put_header(id, out);
     out.extend_from_slice(body);
 }
 

@@ -155,6 +155,18 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
         .and_then(|n| n.strip_suffix(".avro.gz"))
         .unwrap();
     assert_eq!(json["diaSource"]["diaSourceId"].to_string(), id, "{json}");
+    // The same alert by id, from the archive.
+    let by_id = apflow()
+        .args(["alert", "show", id, "--archive"])
+        .arg(dir.path().join("archive"))
+        .output()
+        .unwrap();
+    assert!(
+        by_id.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_id.stderr)
+    );
+    assert_eq!(by_id.stdout, shown.stdout);
     // The camera wrote real raw files that the ingest stage validated.
     let raws = walk(&dir.path().join("raw"));
     assert_eq!(raws.len(), 6, "{raws:?}");

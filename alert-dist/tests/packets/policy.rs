@@ -8,6 +8,7 @@ use apflow_alert_dist::packet::{
     AlertEncoder, AssembleConfig, DeadLetterReason, assemble, decode_framed,
 };
 use apflow_alert_dist::synth;
+use apflow_apdb::partition::HISTORY_DAYS;
 use apflow_core::ids::DiaObjectId;
 
 fn field<'a>(v: &'a A, name: &str) -> &'a A {
@@ -67,7 +68,7 @@ fn one_packet_per_dia_source_with_a_years_history() {
                     })
                     .collect();
                 assert!(times.windows(2).all(|w| w[0] <= w[1]));
-                assert!(times.iter().all(|t| *t >= v.t - 365.25 && *t < v.t));
+                assert!(times.iter().all(|t| *t >= v.t - HISTORY_DAYS && *t < v.t));
                 let A::Array(f) = field(&d.value, "prvDiaForcedSources") else {
                     panic!()
                 };

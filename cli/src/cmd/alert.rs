@@ -3,8 +3,8 @@
 //! `apflow alert show <id|file>` renders an alert as JSON (cutouts summarised: size,
 //! dimensions, WCS reference point) and, with `--png DIR`, writes the three cutouts as
 //! PNG thumbnails (zscale limits, asinh stretch, north of the pixel grid up).
-//! Loading goes through [`load`], which takes an [`AlertRef`]: a file today; lookup
-//! by `diaSourceId` in the alert archive plugs in there.
+//! Loading goes through [`load`], which takes an [`AlertRef`]: a packet file, or a
+//! `diaSourceId` looked up in the alert archive (`--archive DIR`).
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,9 @@ pub struct ShowArgs {
     /// (`<diaSourceId>_<cutout>.png`).
     #[arg(long, value_name = "DIR")]
     pub png: Option<PathBuf>,
+    /// The alert archive to look a diaSourceId up in.
+    #[arg(long, value_name = "DIR", env = "APFLOW_ARCHIVE_DIR")]
+    pub archive: Option<PathBuf>,
 }
 
 /// What `alert show` was asked for.
@@ -57,17 +60,20 @@ impl AlertRef {
     }
 }
 
-/// The framed bytes of an alert (gzip undone).
-pub fn load(r: &AlertRef) -> anyhow::Result<Vec<u8>> {
+/// The framed bytes of an alert (gzip undone); an id is looked up in `archive`.
+pub fn load(r: &AlertRef, archive: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     match r {
         AlertRef::File(p) => {
             let raw = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             Ok(read_packet_bytes(raw).with_context(|| p.display().to_string())?)
         }
-        AlertRef::Id(id) => bail!(
-            "alert {id}: lookup by diaSourceId needs the alert archive, which this build \
-             does not have yet; give a packet file (.avro or .avro.gz)"
-        ),
+        AlertRef::Id(id) => match archive {
+            Some(dir) => Ok(super::archive::open(dir)?.get_alert(*id)?),
+            None => bail!(
+                "alert {id}: looking up a diaSourceId needs the alert archive \
+                 (--archive DIR or APFLOW_ARCHIVE_DIR); or give a packet file (.avro or .avro.gz)"
+            ),
+        },
     }
 }
 
@@ -79,22 +85,13 @@ pub fn run(cmd: AlertCommand) -> anyhow::Result<()> {
 }
 
 fn show(a: &ShowArgs) -> anyhow::Result<()> {
-    let bytes = load(&AlertRef::parse(&a.target))?;
+    let bytes = load(&AlertRef::parse(&a.target), a.archive.as_deref())?;
     let alert = decode_framed(&bytes).context("decoding the alert")?;
-    println!("{}", serde_json::to_string_pretty(&to_json(&alert))?);
+    let json = to_json(&alert);
+    println!("{}", serde_json::to_string_pretty(&json)?);
     if let Some(dir) = &a.png {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let id = match &alert.value {
-            apache_avro::types::Value::Record(f) => f
-                .iter()
-                .find(|(k, _)| k == "diaSourceId")
-                .and_then(|(_, v)| match v {
-                    apache_avro::types::Value::Long(x) => Some(*x),
-                    _ => None,
-                })
-                .unwrap_or_default(),
-            _ => 0,
-        };
+        let id = json["diaSourceId"].as_i64().unwrap_or_default();
         for (name, fits_bytes) in cutouts_of(&alert) {
             let img =
                 fits::read_image(fits_bytes, None).with_context(|| format!("{name}: FITS"))?;

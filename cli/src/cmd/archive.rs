@@ -48,7 +48,8 @@ pub fn run(cmd: ArchiveCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open(dir: &std::path::Path) -> anyhow::Result<Archive> {
+/// Opens an existing archive directory.
+pub(crate) fn open(dir: &std::path::Path) -> anyhow::Result<Archive> {
     anyhow::ensure!(
         dir.join("alerts").is_dir(),
         "{} is not an alert archive (no alerts/ directory)",

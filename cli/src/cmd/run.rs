@@ -686,7 +686,10 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         association: config.association.clone(),
         publisher: publisher.clone(),
         contexts,
-        assemble: config.alerts.clone(),
+        assemble: AssembleConfig {
+            history_days: config.association.history_days,
+            ..config.alerts.clone()
+        },
         archive: archive.clone(),
     });
     let (expected_detectors, detectors_rx) = watch::channel(None);
