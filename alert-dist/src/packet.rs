@@ -31,7 +31,7 @@ use std::io::Read;
 
 use apflow_apdb::partition::{HISTORY_DAYS, TimeWindow};
 use apflow_apdb::schema::{DiaForcedSource, DiaObject, DiaSource, Fields, SsObject, Value};
-use apflow_core::events::NextVisit;
+use apflow_core::events::{ErrorClass, NextVisit};
 use apflow_core::ids::{DiaObjectId, DiaSourceId};
 use apflow_core::wcs::CardValue;
 use apflow_prompt_proc::cutout::CutoutSet;
@@ -391,6 +391,25 @@ pub enum DeadLetterReason {
     /// The records do not encode.
     #[error(transparent)]
     Packet(#[from] PacketError),
+}
+
+impl DeadLetterReason {
+    /// Short machine-readable reason, for dead letters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "alert_too_large",
+            Self::MissingDiaObject(_) => "alert_missing_dia_object",
+            Self::Packet(_) => "alert_unencodable",
+        }
+    }
+    /// A packet over the size limit is bad input; the others are inconsistencies of
+    /// apflow's own records (bugs).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::TooLarge { .. } => ErrorClass::BadInput,
+            Self::MissingDiaObject(_) | Self::Packet(_) => ErrorClass::Internal,
+        }
+    }
 }
 
 /// A DiaSource dead-lettered with its reason.

@@ -116,6 +116,15 @@ impl ApdbError {
             Self::Corrupt { .. } | Self::Internal { .. } => ErrorKind::Internal,
         }
     }
+    /// The dead-letter class of this error (what a stage does with its input).
+    pub fn class(&self) -> apflow_core::events::ErrorClass {
+        use apflow_core::events::ErrorClass;
+        match self.kind() {
+            ErrorKind::Retryable => ErrorClass::Retryable,
+            ErrorKind::BadInput => ErrorClass::BadInput,
+            ErrorKind::Internal => ErrorClass::Internal,
+        }
+    }
     /// Whether retrying may succeed.
     pub fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::Retryable

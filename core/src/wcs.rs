@@ -5,7 +5,7 @@
 //! Pixel coordinates here are 0-based (the centre of the first pixel is (0, 0));
 //! FITS pixel coordinates are ours + 1 and `CRPIX` is written 1-based.
 
-use crate::geom::{TangentPlane, UnitVector};
+use crate::geom::{GeomError, SkyPolygon, TangentPlane, UnitVector};
 
 /// Highest SIP order supported.
 pub const SIP_MAX_ORDER: usize = 3;
@@ -145,6 +145,15 @@ impl TanSipWcs {
         let v = y + 1.0 - self.crpix[1];
         let (du, dv) = self.sip(u, v);
         (u + du, v + dv)
+    }
+
+    /// The outline on the sky of a `width × height` pixel grid (its pixel-edge corners).
+    pub fn footprint(&self, width: f64, height: f64) -> Result<SkyPolygon, GeomError> {
+        let (w, h) = (width - 0.5, height - 0.5);
+        let corners = [(-0.5, -0.5), (w, -0.5), (w, h), (-0.5, h)]
+            .map(|(x, y)| self.pixel_to_unit(x, y))
+            .to_vec();
+        SkyPolygon::new(corners)
     }
 
     /// Sky direction of the 0-based pixel (x, y).

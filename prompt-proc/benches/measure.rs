@@ -8,7 +8,7 @@ use apflow_prompt_proc::MaskedImage;
 use apflow_prompt_proc::cutout::{CutoutConfig, cutout_size_for, extract};
 use apflow_prompt_proc::detect::{DetectConfig, detect};
 use apflow_prompt_proc::measure::{MeasureConfig, measure};
-use apflow_prompt_proc::reliability::{ReliabilityFeatures, score};
+use apflow_prompt_proc::reliability::{LogisticModel, ReliabilityFeatures, ReliabilityModel};
 use apflow_prompt_proc::synth::{DoubleGaussianPsf, demo_scene};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -58,10 +58,11 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    let model = LogisticModel::default();
     g.bench_function("score", |b| {
         b.iter(|| {
             ms.iter()
-                .map(|m| score(&ReliabilityFeatures::from_measurement(m, &s.diff)))
+                .map(|m| model.score(&ReliabilityFeatures::from_measurement(m, &s.diff)))
                 .sum::<f32>()
         })
     });
@@ -85,7 +86,7 @@ fn bench(c: &mut Criterion) {
             let ms = measure(&s.diff, &s.sci, &s.tmpl, &s.psf, &s.wcs, &det, &mcfg);
             let mut n = 0usize;
             for m in &ms {
-                let r = score(&ReliabilityFeatures::from_measurement(m, &s.diff));
+                let r = model.score(&ReliabilityFeatures::from_measurement(m, &s.diff));
                 let c = extract(
                     &s.diff,
                     &s.sci,

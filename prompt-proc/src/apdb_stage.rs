@@ -24,9 +24,10 @@ use apflow_apdb::{
     Apdb, ApdbError, DiaForcedSource, DiaObject, DiaSource, Region, StoreBatch, StoreReport,
     TimeWindow,
 };
-use apflow_core::geom::{SkyPolygon, UnitVector};
+use apflow_core::events::ErrorClass;
+use apflow_core::geom::SkyPolygon;
 use apflow_core::ids::{DetectorId, DiaSourceId, IdError, VisitId};
-use apflow_core::time::MjdTai;
+use apflow_core::time::{MjdTai, TimeError};
 use apflow_core::wcs::TanSipWcs;
 
 use crate::association::{
@@ -94,15 +95,7 @@ impl DetectorVisit {
 
     /// The detector's outline on the sky through `wcs` (pixel-edge corners).
     pub fn footprint(&self, wcs: &TanSipWcs) -> Result<SkyPolygon, ScienceError> {
-        let (w, h) = (self.size.0 as f64 - 0.5, self.size.1 as f64 - 0.5);
-        let corners = [(-0.5, -0.5), (w, -0.5), (w, h), (-0.5, h)]
-            .iter()
-            .map(|&(x, y)| {
-                let (ra, dec) = wcs.pixel_to_sky(x, y);
-                UnitVector::from_radec_deg(ra, dec)
-            })
-            .collect();
-        SkyPolygon::new(corners)
+        wcs.footprint(self.size.0 as f64, self.size.1 as f64)
             .map_err(|e| ScienceError::BadInput(format!("detector footprint: {e}")))
     }
 }
@@ -230,8 +223,9 @@ pub fn dia_source_records(
 }
 
 /// Forced PSF photometry at `targets` on the difference image (`psfFlux`, with the
-/// difference PSF at the detector centre) and the science image (`scienceFlux`, with
-/// the science PSF model at the position), over the same box as the DiaSource fits.
+/// difference PSF at the detector centre, which the result keeps) and the science image
+/// (`scienceFlux`, with the science PSF model at the position), over the box the
+/// DiaSource fits use ([`MeasureConfig::fit_half`] of the difference PSF's width).
 /// Targets whose position falls off the image are skipped.
 pub fn forced_photometry(
     visit: &DetectorVisit,
@@ -253,8 +247,8 @@ pub fn forced_photometry(
         if !(x >= -0.5 && y >= -0.5 && x < w - 0.5 && y < h - 0.5) {
             continue;
         }
-        let sigma = result.science_psf.sigma_at(x, y);
-        let half = ((cfg.fit_radius_sigma * sigma).ceil() as i32).max(2);
+        // The DiaSource fits' box: from the difference PSF's width.
+        let half = cfg.fit_half(diff_psf.sigma_at(x, y));
         let (f, fe) = forced_flux(&result.difference, &diff_psf, x, y, half);
         let (s, se) = forced_flux(&result.science, &result.science_psf, x, y, half);
         let counter = FORCED_COUNTER_BASE + out.len() as u32;
@@ -310,7 +304,7 @@ impl Associated {
     }
 }
 
-/// Why association could not complete.
+/// Why the association stage could not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum AssociateError {
     /// The APDB refused or failed.
@@ -319,6 +313,32 @@ pub enum AssociateError {
     /// An id could not be minted (too many sources on one detector).
     #[error(transparent)]
     Id(#[from] IdError),
+    /// The detector's footprint could not be built from its WCS.
+    #[error(transparent)]
+    Science(#[from] ScienceError),
+    /// The processing time could not be expressed in TAI.
+    #[error(transparent)]
+    Clock(#[from] TimeError),
+}
+
+impl AssociateError {
+    /// Short machine-readable reason, for dead letters and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Apdb(_) => "apdb",
+            Self::Id(_) => "id_overflow",
+            Self::Science(e) => e.reason(),
+            Self::Clock(_) => "clock",
+        }
+    }
+    /// What to do with the input: the APDB's own class (retry an outage), else a bug.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Apdb(e) => e.class(),
+            Self::Science(e) => e.class(),
+            Self::Id(_) | Self::Clock(_) => ErrorClass::Internal,
+        }
+    }
 }
 
 /// Reads the region's history from `apdb`, associates `sources` (records of this
@@ -337,13 +357,11 @@ pub async fn associate_and_store<A: Apdb>(
     let region = Region::new(footprint.clone(), DEFAULT_MARGIN);
     let objects = apdb.dia_objects(&region).await?;
     let ids: Vec<_> = objects.iter().map(|o| o.dia_object_id).collect();
+    // The window ends at the visit (exclusive), so a rerun of this detector does not
+    // read its own earlier rows as history.
     let window = TimeWindow::days_before(visit.midpoint, cfg.history_days);
-    // A rerun of this detector finds its own earlier rows: history is what came before.
-    let before = |t: MjdTai| t.0 < visit.midpoint.0;
-    let mut history_sources = apdb.dia_sources(&region, &ids, window).await?;
-    history_sources.retain(|s| before(s.midpoint_mjd_tai));
-    let mut history_forced = apdb.dia_forced_sources(&region, &ids, window).await?;
-    history_forced.retain(|f| before(f.midpoint_mjd_tai));
+    let history_sources = apdb.dia_sources(&region, &ids, window).await?;
+    let history_forced = apdb.dia_forced_sources(&region, &ids, window).await?;
     let read_seconds = read.elapsed().as_secs_f64();
 
     let mut a = associate(
@@ -359,9 +377,13 @@ pub async fn associate_and_store<A: Apdb>(
     );
     let targets = forced_targets(footprint, &objects, &a.objects, cfg);
     let new_forced = forced(&targets)?;
-    let mut all_forced = history_forced.clone();
-    all_forced.extend(new_forced.iter().cloned());
-    apply_forced(&mut a.objects, &a.sources, &history_sources, &all_forced);
+    apply_forced(
+        &mut a.objects,
+        &a.sources,
+        &history_sources,
+        &history_forced,
+        &new_forced,
+    );
 
     let batch = StoreBatch {
         visit: visit.visit,

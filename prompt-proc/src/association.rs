@@ -392,15 +392,17 @@ pub fn summarize(obj: &mut DiaObject, sources: &[&DiaSource], forced: &[&DiaForc
 }
 
 /// Updates the forced-flux statistics of DiaObject versions once this visit's forced
-/// photometry is measured (`forced` = history window plus this visit, any objects).
+/// photometry is measured (`history_forced` in the window, `forced` of this visit; any
+/// objects).
 pub fn apply_forced(
     objects: &mut [DiaObject],
     sources: &[DiaSource],
     history_sources: &[DiaSource],
+    history_forced: &[DiaForcedSource],
     forced: &[DiaForcedSource],
 ) {
     let mut f_by: HashMap<DiaObjectId, Vec<&DiaForcedSource>> = HashMap::new();
-    for f in forced {
+    for f in history_forced.iter().chain(forced) {
         f_by.entry(f.dia_object_id).or_default().push(f);
     }
     let mut s_by: HashMap<DiaObjectId, Vec<&DiaSource>> = HashMap::new();

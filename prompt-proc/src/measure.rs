@@ -124,6 +124,14 @@ impl Default for MeasureConfig {
     }
 }
 
+impl MeasureConfig {
+    /// Half-side of the PSF-fit box for a PSF of Gaussian-equivalent σ (pixels):
+    /// `fit_radius_sigma · σ`, σ clamped to 0.3–30 px, at least 2.
+    pub fn fit_half(&self, sigma: f64) -> i32 {
+        ((self.fit_radius_sigma * sigma.clamp(0.3, 30.0)).ceil() as i32).max(2)
+    }
+}
+
 /// Mask-plane summary of a set of pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PixelFlags {
@@ -1008,7 +1016,7 @@ fn measure_common(
     let local = ctx.diff_psf.local(px, py);
     let diff_psf: &dyn Psf = &local;
     let sigma = diff_psf.sigma_at(px, py).clamp(0.3, 30.0);
-    let half = ((cfg.fit_radius_sigma * sigma).ceil() as i32).max(2);
+    let half = cfg.fit_half(sigma);
     let pix = gather(ctx.diff, square(px, py, half));
     let fit = fit_psf(&pix.px, diff_psf, px, py, half + 3, cfg);
     m.x = fit.x;
@@ -1359,7 +1367,7 @@ fn measure_dipole(ctx: &Ctx<'_>, fp_index: usize, fp: &Footprint) -> DiaSourceMe
     // dipole of small separation only constrains F·d on the difference image; the
     // forced fluxes at the fitted lobe positions break that degeneracy.
     if let Some((p, _, _)) = fit {
-        let half = ((cfg.fit_radius_sigma * sigma).ceil() as i32).max(2);
+        let half = cfg.fit_half(sigma);
         let (s, se) = forced_flux(ctx.science, ctx.sci_psf, p[0], p[1], half);
         let (t, te) = forced_flux(ctx.template, ctx.tmpl_psf, p[3], p[4], half);
         if s / se >= 5.0 && t / te >= 5.0 {

@@ -192,6 +192,9 @@ pub struct SubtractionSummary {
     pub stamp_residual_rms: f64,
     /// Whether the difference was decorrelated.
     pub decorrelated: bool,
+    /// Residual background removed from the difference by the refit, at the detector
+    /// centre (nJy per pixel; 0 without the refit).
+    pub residual_background: f64,
 }
 
 /// Everything the pipeline produced for one detector.
@@ -377,6 +380,7 @@ fn difference_and_sources(
         n_stamps_rejected: sub.n_stamps_rejected,
         stamp_residual_rms: sub.stamp_residual_rms,
         decorrelated: sub.decorrelated,
+        residual_background: sub.residual_background_at_centre,
     };
     let difference = sub.difference;
     Ok(DetectorResult {

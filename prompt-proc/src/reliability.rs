@@ -287,11 +287,6 @@ impl ReliabilityModel for LogisticModel {
     }
 }
 
-/// Score with the default [`LogisticModel`].
-pub fn score(features: &ReliabilityFeatures) -> f32 {
-    LogisticModel::default().score(features)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,7 +321,7 @@ mod tests {
         ms.iter()
             .map(|m| {
                 let f = ReliabilityFeatures::from_measurement(m, diff);
-                (m.x, m.y, score(&f), m.snr)
+                (m.x, m.y, LogisticModel::default().score(&f), m.snr)
             })
             .collect()
     }

@@ -61,9 +61,20 @@ impl<K: Clone + PartialEq, V> Cache<K, V> {
         if let Some(v) = value.as_ref() {
             return Ok(v.clone());
         }
-        let v = Arc::new(load()?);
-        *value = Some(v.clone());
-        Ok(v)
+        match load() {
+            Ok(v) => {
+                let v = Arc::new(v);
+                *value = Some(v.clone());
+                Ok(v)
+            }
+            Err(e) => {
+                // A failed load takes no place in the cache (nor pushes a good entry out).
+                drop(value);
+                let mut entries = self.entries.lock().expect("cache");
+                entries.retain(|(k, s)| !(k == key && Arc::ptr_eq(s, &slot)));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -170,6 +181,7 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 4);
         // A failed load leaves nothing behind.
         assert!(cache.get_or_load(&9, || Err(())).is_err());
+        assert!(cache.entries.lock().unwrap().iter().all(|(k, _)| *k != 9));
         assert_eq!(*cache.get_or_load(&9, || load(9)).unwrap(), 90);
     }
 }

@@ -657,17 +657,22 @@ fn stamp_chi2(s: &Stamp, c: &[f64]) -> f64 {
     (s.bb + q).max(0.0)
 }
 
+/// `(median − nsig σ, median + nsig σ)` with σ the IQR σ of `values` (at least `floor`).
+fn clip_bounds(values: &[f64], nsig: f64, floor: f64) -> Option<(f64, f64)> {
+    let mut v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    let (med, sig) = median_and_iqr_sigma(&mut v)?;
+    let (med, sig) = (f64::from(med), f64::from(sig).max(floor));
+    Some((med - nsig * sig, med + nsig * sig))
+}
+
 /// Robust upper (and optionally lower) clip of `values`: `keep[i]` false for outliers.
 fn clip(values: &[f64], nsig: f64, two_sided: bool, floor: f64) -> Vec<bool> {
-    let mut v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    let Some((med, sig)) = median_and_iqr_sigma(&mut v) else {
+    let Some((lo, hi)) = clip_bounds(values, nsig, floor) else {
         return vec![true; values.len()];
     };
-    let sig = (sig as f64).max(floor);
-    let med = med as f64;
     values
         .iter()
-        .map(|&x| x.is_finite() && x <= med + nsig * sig && (!two_sided || x >= med - nsig * sig))
+        .map(|&x| x.is_finite() && x <= hi && (!two_sided || x >= lo))
         .collect()
 }
 
@@ -1143,7 +1148,7 @@ fn refit_background(d: &mut MaskedImage, terms: &[(i32, i32)], blocks: usize, cl
             .filter(|(_, k)| **k)
             .map(|(r, _)| *r)
             .collect();
-        let k = clip_values(&kept, clip);
+        let k = clip_bounds(&kept, clip, 1e-12);
         let Some((lo, hi)) = k else { break };
         let new: Vec<bool> = res.iter().map(|&r| r >= lo && r <= hi).collect();
         if new == keep || new.iter().filter(|k| **k).count() < 3 * nt {
@@ -1164,8 +1169,8 @@ fn refit_background(d: &mut MaskedImage, terms: &[(i32, i32)], blocks: usize, cl
                 *o += (cy * xp) as f32;
             }
         }
-        let mk = d.mask.row(y).to_vec();
-        for ((v, &b), &m) in d.image.row_mut(y).iter_mut().zip(&row).zip(&mk) {
+        let (image, msk) = (&mut d.image, &d.mask);
+        for ((v, &b), &m) in image.row_mut(y).iter_mut().zip(&row).zip(msk.row(y)) {
             if m & mask::NO_DATA == 0 {
                 *v -= b;
             }
@@ -1179,14 +1184,6 @@ fn refit_background(d: &mut MaskedImage, terms: &[(i32, i32)], blocks: usize, cl
     .zip(&coef)
     .map(|(a, b)| a * b)
     .sum()
-}
-
-/// `(median − clip σ, median + clip σ)` with σ the IQR σ of `values`.
-fn clip_values(values: &[f64], clip: f64) -> Option<(f64, f64)> {
-    let mut v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    let (med, sig) = median_and_iqr_sigma(&mut v)?;
-    let (med, sig) = (f64::from(med), f64::from(sig).max(1e-12));
-    Some((med - clip * sig, med + clip * sig))
 }
 
 /// Background, sign and scale, variance and mask of the difference.

@@ -9,7 +9,10 @@
 
 mod common;
 
-use apflow_core::ids::DetectorId;
+use apflow_core::ids::{DetectorId, DiaObjectId};
+use apflow_core::time::MjdTai;
+use apflow_prompt_proc::apdb_stage::{DetectorVisit, dia_source_records, forced_photometry};
+use apflow_prompt_proc::association::ForcedTarget;
 use apflow_prompt_proc::calibrate::RefStar;
 use apflow_prompt_proc::error::ScienceError;
 use apflow_prompt_proc::image::{Image, MaskedImage, mask, median_and_iqr_sigma};
@@ -403,5 +406,84 @@ fn the_calibrated_path_recovers_the_scale_and_the_sources() {
     assert!(
         (b - a).abs() <= 0.1 * a,
         "{b} reliable DiaSources against {a}"
+    );
+}
+
+/// The association stage's pixel work on a real result: the records carry the
+/// measurements, and forced photometry at the detections' own positions gives back
+/// their fluxes (science: the same fit, so equal; difference: the detector-centre PSF
+/// against the fit's local one).
+#[test]
+fn records_and_forced_photometry_agree_with_the_measurements() {
+    let night = Night::new(&spec()).unwrap();
+    let refs = refcat(&night);
+    let cfg = PipelineConfig::default();
+    let r = run_visit(&night, 0, &refs, &cfg).result;
+    let plan = &night.visits()[0];
+    let visit = DetectorVisit {
+        visit: plan.visit,
+        detector: DetectorId(0),
+        band: plan.band.as_str().into(),
+        midpoint: MjdTai(61000.0),
+        size: (SIZE as usize, SIZE as usize),
+    };
+    let records = dia_source_records(&visit, &r.sources, &r.wcs, MjdTai(61000.01)).unwrap();
+    assert_eq!(records.len(), r.sources.len());
+    let ids: std::collections::HashSet<_> = records.iter().map(|s| s.dia_source_id).collect();
+    assert_eq!(ids.len(), records.len(), "DiaSource ids are unique");
+    for (rec, s) in records.iter().zip(&r.sources) {
+        let m = &s.measurement;
+        assert_eq!(
+            rec.psf_flux,
+            Some(m.psf_flux as f32).filter(|f| f.is_finite())
+        );
+        assert_eq!(rec.reliability, Some(s.reliability));
+        assert_eq!((rec.ra, rec.dec), (m.ra, m.dec));
+    }
+    // Bright, isolated point sources (no dipoles, no trails).
+    let picked: Vec<(usize, ForcedTarget)> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, rec)| {
+            let m = &r.sources[*i].measurement;
+            r.sources[*i].passes_reliability
+                && !m.is_negative
+                && !m.is_dipole_candidate
+                && m.trail_ndata == 0
+                && m.snr >= 10.0
+                && m.science_flux.is_finite()
+                && rec.dia_object_id.is_none()
+        })
+        .map(|(i, rec)| {
+            let t = ForcedTarget {
+                dia_object_id: DiaObjectId(rec.dia_source_id.0),
+                ra: rec.ra,
+                dec: rec.dec,
+            };
+            (i, t)
+        })
+        .collect();
+    assert!(picked.len() >= 50, "{} bright detections", picked.len());
+    let targets: Vec<ForcedTarget> = picked.iter().map(|p| p.1.clone()).collect();
+    let forced = forced_photometry(&visit, &r, &targets, &cfg.measure, MjdTai(61000.01)).unwrap();
+    assert_eq!(forced.len(), targets.len());
+    let (mut ratios, mut pulls, mut sci) = (Vec::new(), Vec::new(), Vec::new());
+    for ((i, _), f) in picked.iter().zip(&forced) {
+        let m = &r.sources[*i].measurement;
+        let fp = f64::from(f.psf_flux.unwrap());
+        ratios.push((fp / m.psf_flux) as f32);
+        pulls.push(((fp - m.psf_flux) / m.psf_flux_err).abs() as f32);
+        sci.push((f64::from(f.science_flux.unwrap()) / m.science_flux) as f32);
+    }
+    let (ratio, pull, sci_ratio) = (median(&mut ratios), median(&mut pulls), median(&mut sci));
+    eprintln!(
+        "forced/fit flux on {}: difference median ratio {ratio:.4}, median |pull| {pull:.3}; science median ratio {sci_ratio:.5}",
+        forced.len()
+    );
+    assert!((ratio - 1.0).abs() < 0.02, "difference forced/fit: {ratio}");
+    assert!(pull < 0.5, "median |forced − fit| / σ: {pull}");
+    assert!(
+        (sci_ratio - 1.0).abs() < 1e-3,
+        "science forced/fit: {sci_ratio}"
     );
 }

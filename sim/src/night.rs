@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use apflow_core::events::{DetectorFootprint, NextVisit, Pointing};
-use apflow_core::geom::{SkyPolygon, TangentPlane, UnitVector};
+use apflow_core::geom::{TangentPlane, UnitVector};
 use apflow_core::ids::{DetectorId, ExposureId, VisitId};
 use apflow_core::time::MjdTai;
 use rand::Rng;
@@ -348,11 +348,9 @@ impl Night {
         let mut footprint = Vec::with_capacity(self.detectors.len());
         for det in &self.detectors {
             let wcs = self.header_wcs(i, DetectorId(det.id))?;
-            let s = f64::from(det.size) - 0.5;
-            let corners = [(-0.5, -0.5), (s, -0.5), (s, s), (-0.5, s)]
-                .map(|(x, y)| wcs.pixel_to_unit(x, y))
-                .to_vec();
-            let polygon = SkyPolygon::new(corners)
+            let size = f64::from(det.size);
+            let polygon = wcs
+                .footprint(size, size)
                 .map_err(|e| SimError::InvalidSpec(format!("detector footprint: {e}")))?;
             footprint.push(DetectorFootprint {
                 detector: DetectorId(det.id),

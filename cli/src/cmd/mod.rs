@@ -61,6 +61,9 @@ impl StageTimes {
 
 /// `p50 …, p95 …, p98 …, max …; …% within 60 s` of latencies in seconds.
 pub fn latency_summary(latencies: &[f64]) -> String {
+    if latencies.is_empty() {
+        return "none".into();
+    }
     let mut v = latencies.to_vec();
     v.sort_by(f64::total_cmp);
     let within = v.iter().filter(|l| **l <= 60.0).count();

@@ -17,15 +17,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apflow_alert_dist::archive::Archive;
+use apflow_alert_dist::archive::{Archive, BatchReport};
 use apflow_alert_dist::packet::{
-    AlertEncoder, AlertSources, AssembleConfig, VisitContext, assemble,
+    AlertEncoder, AlertSources, AssembleConfig, DeadLetter as AlertDeadLetter, VisitContext,
+    assemble,
 };
 use apflow_alert_dist::producer::{FramedAlert, ProducerConfig};
 use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
 use apflow_alert_dist::schema::{SCHEMA_ID, alert_schema};
 use apflow_apdb::AnyApdb;
-use apflow_apdb::ErrorKind;
 use apflow_apdb::partition::DEFAULT_MARGIN;
 use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
 use apflow_core::events::{
@@ -141,6 +141,8 @@ struct DetectorOutcome {
     ss_matched: usize,
     /// DiaSources that got no alert.
     alerts_refused: usize,
+    /// Alerts the archive already held (a rerun of the detector): not written again.
+    alerts_already_archived: usize,
     /// End of readout → the detector's alerts archived, seconds.
     alert_latency: f64,
     timings: Vec<StageTiming>,
@@ -151,7 +153,6 @@ struct DetectorOutcome {
 struct Processed {
     done: Vec<DetectorOutcome>,
     failed: Vec<DeadLetter>,
-    stages: super::StageTimes,
 }
 
 impl Processed {
@@ -227,12 +228,7 @@ async fn process(
             Some(r) = tasks.join_next() => {
                 bar.inc(1);
                 match r?? {
-                    Ok(o) => {
-                        for t in &o.timings {
-                            out.stages.add(&t.stage, t.seconds);
-                        }
-                        out.done.push(o);
-                    }
+                    Ok(o) => out.done.push(o),
                     Err(letter) => out.failed.push(letter),
                 }
             }
@@ -286,19 +282,15 @@ fn ss_predictions(night: &Night, footprint: &SkyPolygon, t: MjdTai) -> Vec<SsPre
 }
 
 /// The association stage for one processed detector: records, APDB read, association,
-/// forced photometry, one store.
+/// forced photometry (pixel work, off the async workers), one store.
 async fn associate(
     stage: &Stage,
     visit: &DetectorVisit,
     result: &DetectorResult,
-) -> Result<Associated, (&'static str, String, ErrorClass)> {
-    let internal = |reason: &'static str| move |e: String| (reason, e, ErrorClass::Internal);
-    let processed = MjdTai::from_utc(Utc::now()).map_err(|e| internal("clock")(e.to_string()))?;
-    let records = dia_source_records(visit, &result.sources, &result.wcs, processed)
-        .map_err(|e| internal("id_overflow")(e.to_string()))?;
-    let footprint = visit
-        .footprint(&result.wcs)
-        .map_err(|e| (e.reason(), e.to_string(), e.class()))?;
+) -> Result<Associated, AssociateError> {
+    let processed = MjdTai::from_utc(Utc::now())?;
+    let records = dia_source_records(visit, &result.sources, &result.wcs, processed)?;
+    let footprint = visit.footprint(&result.wcs)?;
     let predictions = ss_predictions(&stage.night, &footprint, visit.midpoint);
     associate_and_store(
         &stage.apdb,
@@ -307,26 +299,51 @@ async fn associate(
         records,
         &predictions,
         &stage.association,
-        |targets| forced_photometry(visit, result, targets, &stage.ctx.config.measure, processed),
+        |targets| {
+            tokio::task::block_in_place(|| {
+                forced_photometry(visit, result, targets, &stage.ctx.config.measure, processed)
+            })
+        },
     )
     .await
-    .map_err(|e| match &e {
-        AssociateError::Apdb(a) => {
-            let class = match a.kind() {
-                ErrorKind::Retryable => ErrorClass::Retryable,
-                ErrorKind::BadInput => ErrorClass::BadInput,
-                ErrorKind::Internal => ErrorClass::Internal,
-            };
-            ("apdb", e.to_string(), class)
-        }
-        AssociateError::Id(_) => ("id_overflow", e.to_string(), ErrorClass::Internal),
-    })
+}
+
+/// Assembles one alert per DiaSource and archives them (the embedded run's stream):
+/// the archive's report and the DiaSources refused an alert. Blocking (FITS, Avro, files).
+fn alerts(
+    stage: &Stage,
+    a: &Associated,
+    cutouts: &HashMap<DiaSourceId, CutoutSet>,
+    context: &VisitContext,
+) -> anyhow::Result<(BatchReport, Vec<AlertDeadLetter>)> {
+    let assembled = assemble(
+        &AlertSources {
+            dia_sources: &a.batch.sources,
+            dia_objects: &a.batch.objects,
+            ss_objects: &[],
+            history: &a.history_sources,
+            forced: &a.history_forced,
+            cutouts,
+        },
+        context,
+        &stage.assemble,
+        &mut AlertEncoder::new(),
+    );
+    let framed: Vec<FramedAlert> = assembled
+        .packets
+        .into_iter()
+        .map(|p| FramedAlert {
+            dia_source_id: p.dia_source_id.0,
+            framed: p.bytes.into(),
+        })
+        .collect();
+    Ok((stage.archive.put_batch(&framed)?, assembled.dead_letters))
 }
 
 /// Runs the science core and the association stage on one detector's snaps and
 /// publishes the outcome: `Ok(Err(letter))` when a stage refused it.
 async fn process_detector(
-    stage: &Stage,
+    stage: &Arc<Stage>,
     group: &[(RawImageReady, Delivery)],
 ) -> anyhow::Result<Result<DetectorOutcome, DeadLetter>> {
     let first = &group[0].0;
@@ -381,8 +398,14 @@ async fn process_detector(
     let assoc_started = Instant::now();
     let a = match associate(stage, &visit, &result).await {
         Ok(a) => a,
-        Err((reason, detail, class)) => {
-            let letter = detector_letter(first, "associate".into(), reason, detail, class);
+        Err(e) => {
+            let letter = detector_letter(
+                first,
+                "associate".into(),
+                e.reason(),
+                e.to_string(),
+                e.class(),
+            );
             stage.publisher.dead_letter(&letter).await?;
             stage
                 .publisher
@@ -391,13 +414,25 @@ async fn process_detector(
             return Ok(Err(letter));
         }
     };
-    timings.push(StageTiming {
-        stage: "associate".into(),
-        seconds: assoc_started.elapsed().as_secs_f64(),
-    });
+    timings.extend([
+        StageTiming {
+            stage: "associate".into(),
+            seconds: assoc_started.elapsed().as_secs_f64(),
+        },
+        StageTiming {
+            stage: "apdb_read".into(),
+            seconds: a.read_seconds,
+        },
+        StageTiming {
+            stage: "apdb_write".into(),
+            seconds: a.write_seconds,
+        },
+    ]);
     let reliable = result.reliable().count();
+    let (matched, created, ss_matched) = (a.matched, a.created, a.ss_matched);
+    let rerun = a.report.replaced_previous;
+    let (n_sources, n_forced) = (a.batch.sources.len(), a.batch.forced.len());
 
-    // Alerts: one packet per DiaSource, archived (the embedded run's stream).
     let alerts_started = Instant::now();
     let cutouts: HashMap<DiaSourceId, CutoutSet> = a
         .batch
@@ -406,45 +441,24 @@ async fn process_detector(
         .zip(std::mem::take(&mut result.sources))
         .filter_map(|(rec, s)| Some((rec.dia_source_id, s.cutouts?)))
         .collect();
-    let context = stage
-        .contexts
-        .get(&visit.visit)
-        .cloned()
-        .unwrap_or_default();
-    let assembled = assemble(
-        &AlertSources {
-            dia_sources: &a.batch.sources,
-            dia_objects: &a.batch.objects,
-            ss_objects: &[],
-            history: &a.history_sources,
-            forced: &a.history_forced,
-            cutouts: &cutouts,
-        },
-        &context,
-        &stage.assemble,
-        &mut AlertEncoder::new(),
-    );
-    for d in &assembled.dead_letters {
+    let context =
+        stage.contexts.get(&visit.visit).cloned().ok_or_else(|| {
+            anyhow::anyhow!("visit {} is not in the night's schedule", visit.visit)
+        })?;
+    let s = stage.clone();
+    let (report, refused) =
+        tokio::task::spawn_blocking(move || alerts(&s, &a, &cutouts, &context)).await??;
+    for d in &refused {
         let letter = detector_letter(
             first,
             "alerts".into(),
-            "alert_refused",
+            d.reason.reason(),
             format!("DiaSource {}: {}", d.dia_source_id, d.reason),
-            ErrorClass::BadInput,
+            d.reason.class(),
         );
         stage.publisher.dead_letter(&letter).await?;
     }
-    let framed: Vec<FramedAlert> = assembled
-        .packets
-        .into_iter()
-        .map(|p| FramedAlert {
-            dia_source_id: p.dia_source_id.0,
-            framed: p.bytes.into(),
-        })
-        .collect();
-    let archive = stage.archive.clone();
-    let n_alerts = framed.len();
-    tokio::task::spawn_blocking(move || archive.put_batch(&framed)).await??;
+    // Measured once the detector's batch is archived: every alert of it is out then.
     let alert_latency = (Utc::now() - readout_end).as_seconds_f64();
     timings.push(StageTiming {
         stage: "alerts".into(),
@@ -459,10 +473,10 @@ async fn process_detector(
         .emit();
     }
     let counts = DetectorCounts {
-        dia_sources: a.batch.sources.len() as u32,
-        new_dia_objects: a.created as u32,
-        forced_sources: a.batch.forced.len() as u32,
-        alerts: n_alerts as u32,
+        dia_sources: n_sources as u32,
+        new_dia_objects: created as u32,
+        forced_sources: n_forced as u32,
+        alerts: report.written as u32,
     };
     stage
         .publisher
@@ -488,9 +502,11 @@ async fn process_detector(
         detector = visit.detector.0,
         dia_sources = counts.dia_sources,
         reliable,
-        new_dia_objects = a.created,
+        new_dia_objects = created,
         forced = counts.forced_sources,
-        alerts = n_alerts,
+        alerts = report.written,
+        alerts_already_archived = report.duplicates,
+        rerun,
         seconds = started.elapsed().as_secs_f64(),
         "Detector processed."
     );
@@ -498,9 +514,10 @@ async fn process_detector(
         latency,
         counts,
         reliable,
-        matched: a.matched,
-        ss_matched: a.ss_matched,
-        alerts_refused: assembled.dead_letters.len(),
+        matched,
+        ss_matched,
+        alerts_refused: refused.len(),
+        alerts_already_archived: report.duplicates,
         alert_latency,
         timings,
     }))
@@ -673,12 +690,15 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             s.addr, s.addr
         );
     }
-    let contexts = (0..night.visits().len())
-        .map(|i| {
-            let nv = night.next_visit(i)?;
-            Ok((nv.visit, VisitContext::from_next_visit(&nv)))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    // The scheduler's announcements: published before each visit, and the alerts'
+    // scheduler fields.
+    let next_visits = (0..night.visits().len())
+        .map(|i| night.next_visit(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let contexts = next_visits
+        .iter()
+        .map(|nv| (nv.visit, VisitContext::from_next_visit(nv)))
+        .collect();
     let stage = Arc::new(Stage {
         ctx,
         apdb,
@@ -716,7 +736,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         if let Some(wait) = slot.checked_sub(night_started.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        publisher.publish(&night.next_visit(i)?).await?;
+        publisher.publish(&next_visits[i]).await?;
         crate::cmd::VISITS_TOTAL.inc();
         tracing::info!(
             visit = plan.visit.0,
@@ -794,7 +814,11 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             l.reason, l.stage, l.detail
         );
     }
-    for (stage, median) in processed.stages.medians() {
+    let mut stages = super::StageTimes::default();
+    for t in processed.done.iter().flat_map(|o| &o.timings) {
+        stages.add(&t.stage, t.seconds);
+    }
+    for (stage, median) in stages.medians() {
         println!(
             "    {stage:<12} {:7.1} ms median per detector",
             median * 1e3
@@ -812,19 +836,16 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         "  latency         end of readout → DetectorProcessed: {}",
         super::latency_summary(&detector_latencies)
     );
-    let alert_latencies: Vec<f64> = processed
-        .done
-        .iter()
-        .flat_map(|o| std::iter::repeat_n(o.alert_latency, o.counts.alerts as usize))
-        .collect();
     println!(
-        "  alerts          {} archived, {} DiaSources refused an alert; archive {}",
+        "  alerts          {} archived, {} already archived (a rerun), {} DiaSources refused an alert; archive {}",
         processed.total(|o| o.counts.alerts as usize),
+        processed.total(|o| o.alerts_already_archived),
         processed.total(|o| o.alerts_refused),
         archive_dir.display()
     );
+    let alert_latencies: Vec<f64> = processed.done.iter().map(|o| o.alert_latency).collect();
     println!(
-        "  latency         end of readout → alert archived: {}",
+        "  latency         end of readout → a detector's alerts archived: {}",
         super::latency_summary(&alert_latencies)
     );
     println!("  wall time       {:.1} s", wall.elapsed().as_secs_f64());
