@@ -133,7 +133,10 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
     );
     // The visits are dithered pointings of one field: later visits find earlier
     // DiaObjects.
-    assert!(associated[0] > 0, "nothing matched an earlier DiaObject: {out}");
+    assert!(
+        associated[0] > 0,
+        "nothing matched an earlier DiaObject: {out}"
+    );
     // The APDB holds them.
     let stats = apflow()
         .args(["apdb", "stats", "--url"])
