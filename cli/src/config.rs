@@ -30,6 +30,8 @@ pub struct AppConfig {
     pub association: apflow_prompt_proc::association::AssociationConfig,
     /// `[alerts]`: packet assembly (size limit, cutout shrinking, history window).
     pub alerts: apflow_alert_dist::packet::AssembleConfig,
+    /// `[producer]`: the Kafka alert stream (used when `[bus] url` is `kafka://…`).
+    pub producer: apflow_alert_dist::producer::ProducerConfig,
 }
 
 impl AppConfig {

@@ -159,6 +159,8 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
     assert_eq!(alerts[0] + alerts[2], dia_sources, "{out}");
     let archived = walk(&dir.path().join("archive").join("alerts"));
     assert_eq!(archived.len(), alerts[0], "{archived:?}");
+    // Every visit ended with a VisitComplete counting its alerts.
+    assert_eq!(numbers("visits complete")[..3], [3, 3, alerts[0]], "{out}");
     let shown = apflow()
         .args(["alert", "show"])
         .arg(&archived[0])

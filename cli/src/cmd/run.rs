@@ -17,12 +17,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apflow_alert_dist::archive::{Archive, BatchReport};
+use apflow_alert_dist::archive::Archive;
+#[cfg(feature = "kafka")]
+use apflow_alert_dist::ledger::Ledger;
 use apflow_alert_dist::packet::{
     AlertEncoder, AlertSources, AssembleConfig, DeadLetter as AlertDeadLetter, VisitContext,
     assemble,
 };
-use apflow_alert_dist::producer::{FramedAlert, ProducerConfig};
+#[cfg(feature = "kafka")]
+use apflow_alert_dist::producer::AlertProducer;
+use apflow_alert_dist::producer::{DetectorAlerts, DetectorReport, FramedAlert, VisitTally};
 use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
 use apflow_alert_dist::schema::{SCHEMA_ID, alert_schema};
 use apflow_apdb::AnyApdb;
@@ -133,6 +137,10 @@ async fn account(
 /// What one detector came to.
 #[derive(Debug)]
 struct DetectorOutcome {
+    visit: VisitId,
+    detector: DetectorId,
+    /// What the Kafka producer sent (`None` on the embedded bus).
+    published: Option<DetectorReport>,
     /// End of readout (last snap) → DetectorProcessed published, seconds.
     latency: f64,
     counts: DetectorCounts,
@@ -149,15 +157,71 @@ struct DetectorOutcome {
 }
 
 /// What the process stage did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Processed {
     done: Vec<DetectorOutcome>,
     failed: Vec<DeadLetter>,
+    /// Detectors per visit.
+    per_visit: u32,
+    /// Each visit's tally, and whether its `VisitComplete` is published.
+    visits: HashMap<VisitId, (VisitTally, bool)>,
 }
 
 impl Processed {
+    fn new(per_visit: u32) -> Self {
+        Self {
+            done: Vec::new(),
+            failed: Vec::new(),
+            per_visit,
+            visits: HashMap::new(),
+        }
+    }
+
     fn total(&self, f: impl Fn(&DetectorOutcome) -> usize) -> usize {
         self.done.iter().map(f).sum()
+    }
+
+    /// Counts a detector towards its visit (`report` is `None` for a failed one) and
+    /// publishes the visit's `VisitComplete` once every detector is accounted for.
+    async fn tally(
+        &mut self,
+        publisher: &EventPublisher,
+        visit: VisitId,
+        detector: DetectorId,
+        report: Option<&DetectorReport>,
+    ) -> anyhow::Result<()> {
+        let per_visit = self.per_visit;
+        let (tally, published) = self
+            .visits
+            .entry(visit)
+            .or_insert_with(|| (VisitTally::new(visit, per_visit), false));
+        match report {
+            Some(r) => tally.done(detector, r),
+            None => tally.failed(detector),
+        }
+        if tally.is_complete() && !*published {
+            let event = tally.event(Utc::now());
+            publisher.publish(&event).await?;
+            tracing::info!(
+                visit = visit.0,
+                alerts = event.n_alerts,
+                detectors_done = event.detectors_done,
+                detectors_failed = event.detectors_failed.len(),
+                "Visit complete."
+            );
+            *published = true;
+        }
+        Ok(())
+    }
+
+    /// Visits whose `VisitComplete` is published, and their alerts.
+    fn visits_complete(&self) -> (usize, u64) {
+        self.visits
+            .values()
+            .filter(|(_, published)| *published)
+            .fold((0, 0), |(n, a), (t, _)| {
+                (n + 1, a + t.event(Utc::now()).n_alerts)
+            })
     }
 }
 
@@ -173,6 +237,9 @@ struct Stage {
     contexts: HashMap<VisitId, VisitContext>,
     assemble: AssembleConfig,
     archive: Arc<Archive>,
+    /// The alert producer when the bus is Kafka.
+    #[cfg(feature = "kafka")]
+    producer: Option<AlertProducer>,
 }
 
 fn file_path(uri: &str) -> PathBuf {
@@ -187,6 +254,7 @@ async fn process(
     stage: Arc<Stage>,
     snaps: usize,
     workers: usize,
+    per_visit: u32,
     mut expected: watch::Receiver<Option<usize>>,
     bar: indicatif::ProgressBar,
 ) -> anyhow::Result<Processed> {
@@ -195,7 +263,7 @@ async fn process(
     let mut pending: HashMap<(u64, u16), Vec<(RawImageReady, Delivery)>> = HashMap::new();
     let limit = Arc::new(Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut out = Processed::default();
+    let mut out = Processed::new(per_visit);
     while expected
         .borrow()
         .is_none_or(|n| out.done.len() + out.failed.len() < n)
@@ -228,8 +296,22 @@ async fn process(
             Some(r) = tasks.join_next() => {
                 bar.inc(1);
                 match r?? {
-                    Ok(o) => out.done.push(o),
-                    Err(letter) => out.failed.push(letter),
+                    Ok(o) => {
+                        // What reached the stream: Kafka's report, else the archive's.
+                        let report = o.published.unwrap_or(DetectorReport {
+                            sent: o.counts.alerts,
+                            skipped: o.alerts_already_archived as u32,
+                            bytes: 0,
+                        });
+                        out.tally(&stage.publisher, o.visit, o.detector, Some(&report)).await?;
+                        out.done.push(o);
+                    }
+                    Err(letter) => {
+                        if let (Some(v), Some(d)) = (letter.visit, letter.detector) {
+                            out.tally(&stage.publisher, v, d, None).await?;
+                        }
+                        out.failed.push(letter);
+                    }
                 }
             }
             _ = expected.changed() => {}
@@ -308,14 +390,14 @@ async fn associate(
     .await
 }
 
-/// Assembles one alert per DiaSource and archives them (the embedded run's stream):
-/// the archive's report and the DiaSources refused an alert. Blocking (FITS, Avro, files).
-fn alerts(
+/// Assembles one alert per DiaSource: the framed packets and the DiaSources refused an
+/// alert. Blocking (FITS, Avro).
+fn assemble_alerts(
     stage: &Stage,
     a: &Associated,
     cutouts: &HashMap<DiaSourceId, CutoutSet>,
     context: &VisitContext,
-) -> anyhow::Result<(BatchReport, Vec<AlertDeadLetter>)> {
+) -> (Vec<FramedAlert>, Vec<AlertDeadLetter>) {
     let assembled = assemble(
         &AlertSources {
             dia_sources: &a.batch.sources,
@@ -329,7 +411,7 @@ fn alerts(
         &stage.assemble,
         &mut AlertEncoder::new(),
     );
-    let framed: Vec<FramedAlert> = assembled
+    let framed = assembled
         .packets
         .into_iter()
         .map(|p| FramedAlert {
@@ -337,7 +419,25 @@ fn alerts(
             framed: p.bytes.into(),
         })
         .collect();
-    Ok((stage.archive.put_batch(&framed)?, assembled.dead_letters))
+    (framed, assembled.dead_letters)
+}
+
+/// Publishes one detector's alerts to Kafka when the run has a producer (the bus is
+/// Kafka): `Ok(None)` on the embedded bus, where the archive is the stream.
+async fn publish_alerts(
+    stage: &Stage,
+    batch: DetectorAlerts<'_>,
+) -> Result<Option<DetectorReport>, String> {
+    #[cfg(feature = "kafka")]
+    if let Some(p) = &stage.producer {
+        return p
+            .send_detector(batch)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    let _ = (stage, batch);
+    Ok(None)
 }
 
 /// Runs the science core and the association stage on one detector's snaps and
@@ -446,8 +546,8 @@ async fn process_detector(
             anyhow::anyhow!("visit {} is not in the night's schedule", visit.visit)
         })?;
     let s = stage.clone();
-    let (report, refused) =
-        tokio::task::spawn_blocking(move || alerts(&s, &a, &cutouts, &context)).await??;
+    let (framed, refused) =
+        tokio::task::spawn_blocking(move || assemble_alerts(&s, &a, &cutouts, &context)).await?;
     for d in &refused {
         let letter = detector_letter(
             first,
@@ -458,7 +558,41 @@ async fn process_detector(
         );
         stage.publisher.dead_letter(&letter).await?;
     }
-    // Measured once the detector's batch is archived: every alert of it is out then.
+    // Kafka first (when the bus is Kafka), then the archive: it holds what was published.
+    let shutter_close = group
+        .iter()
+        .map(|(e, _)| e.shutter_close)
+        .max()
+        .expect("a group has snaps");
+    let batch = DetectorAlerts {
+        visit: visit.visit,
+        detector: visit.detector,
+        shutter_close,
+        alerts: &framed,
+    };
+    let published = match publish_alerts(stage, batch).await {
+        Ok(p) => p,
+        Err(reason) => {
+            // Acknowledged alerts are in the producer's ledger: a rerun sends the rest.
+            let letter = detector_letter(
+                first,
+                "alerts.publish".into(),
+                "kafka_delivery",
+                reason,
+                ErrorClass::Retryable,
+            );
+            stage.publisher.dead_letter(&letter).await?;
+            stage
+                .publisher
+                .publish(&failed(letter.clone(), "alerts.publish".into()))
+                .await?;
+            return Ok(Err(letter));
+        }
+    };
+    let archive = stage.archive.clone();
+    let report = tokio::task::spawn_blocking(move || archive.put_batch(&framed)).await??;
+    // Measured once the detector's batch is archived: every alert of it is out then (on
+    // Kafka too: the archive is written after the broker acknowledged them).
     let alert_latency = (Utc::now() - readout_end).as_seconds_f64();
     timings.push(StageTiming {
         stage: "alerts".into(),
@@ -511,6 +645,9 @@ async fn process_detector(
         "Detector processed."
     );
     Ok(Ok(DetectorOutcome {
+        visit: visit.visit,
+        detector: visit.detector,
+        published,
         latency,
         counts,
         reliable,
@@ -598,6 +735,28 @@ async fn read_out(
     }
 }
 
+/// The Kafka producer of the alert stream when the bus is Kafka (`kafka://brokers`),
+/// with its ledger in `<out>/alerts-ledger.sqlite` and its topic created if missing.
+#[cfg(feature = "kafka")]
+async fn alert_producer(
+    config: &AppConfig,
+    out: &std::path::Path,
+) -> anyhow::Result<Option<AlertProducer>> {
+    let Some(brokers) = config.bus.url.trim().strip_prefix("kafka://") else {
+        return Ok(None);
+    };
+    let ledger = Arc::new(Ledger::open(&out.join("alerts-ledger.sqlite"))?);
+    let producer = AlertProducer::new(
+        brokers,
+        &config.bus.kafka,
+        &config.producer,
+        SCHEMA_ID / 100,
+        ledger,
+    )?;
+    producer.ensure_topic().await?;
+    Ok(Some(producer))
+}
+
 /// Runs the night.
 pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let wall = Instant::now();
@@ -613,7 +772,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     // Alerts are archived under <out>/archive; its schemas are served by the registry.
     let registry = Arc::new(SchemaRegistry::new([SchemaEntry {
         id: SCHEMA_ID,
-        subject: subject_for_topic(&ProducerConfig::default().topic(11)),
+        subject: subject_for_topic(&config.producer.topic(SCHEMA_ID / 100)),
         version: 1,
         schema: alert_schema().json.clone(),
     }])?);
@@ -711,7 +870,11 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             ..config.alerts.clone()
         },
         archive: archive.clone(),
+        #[cfg(feature = "kafka")]
+        producer: alert_producer(config, &out).await?,
     });
+    #[cfg(feature = "kafka")]
+    let alert_topic = stage.producer.as_ref().map(|p| p.topic().to_owned());
     let (expected_detectors, detectors_rx) = watch::channel(None);
     let bars = indicatif::MultiProgress::new();
     let pbar = bars.add(progress_bar());
@@ -721,6 +884,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         stage,
         usize::from(snaps),
         workers,
+        detectors.len() as u32,
         detectors_rx,
         pbar.clone(),
     ));
@@ -778,8 +942,14 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let (latencies, bytes) = tokio::time::timeout(Duration::from_secs(120), accounting)
         .await
         .map_err(|_| anyhow::anyhow!("accounting did not see every image within 120 s"))???;
-    let processed = processing.await??;
+    let mut processed = processing.await??;
     pbar.finish_and_clear();
+    // Detectors that ingest refused a snap of never reached processing: failed.
+    for &(v, d) in &refused_detectors {
+        processed
+            .tally(&publisher, VisitId(v), DetectorId(d), None)
+            .await?;
+    }
 
     camera_seconds.sort_by(f64::total_cmp);
     println!("summary");
@@ -842,6 +1012,24 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         processed.total(|o| o.alerts_already_archived),
         processed.total(|o| o.alerts_refused),
         archive_dir.display()
+    );
+    #[cfg(feature = "kafka")]
+    if let Some(p) = &alert_topic {
+        let (sent, skipped) = processed
+            .done
+            .iter()
+            .filter_map(|o| o.published)
+            .fold((0u64, 0u64), |(a, b), r| {
+                (a + u64::from(r.sent), b + u64::from(r.skipped))
+            });
+        println!(
+            "  published       {sent} alerts to Kafka topic {p}, {skipped} already sent (a rerun)"
+        );
+    }
+    let (visits_complete, visit_alerts) = processed.visits_complete();
+    println!(
+        "  visits complete {visits_complete} of {} (VisitComplete published), {visit_alerts} alerts in them",
+        night.visits().len()
     );
     let alert_latencies: Vec<f64> = processed.done.iter().map(|o| o.alert_latency).collect();
     println!(
