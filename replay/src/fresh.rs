@@ -26,7 +26,9 @@
 //! and the `DIASRCID` card of each cutout's FITS header (rewritten in place, same
 //! width), which names the alert. `ssObjectId` is not apflow's (solar-system objects
 //! are the MPC's) and is left as it is; so are visit and detector numbers: the visit
-//! really was observed, and a broker needs it to match images.
+//! really was observed, and a broker needs it to match images. A consumer tells a
+//! replayed alert by the generation bits of its ids (`DiaSourceId::generation`) and,
+//! on Kafka, by the `apflow_replay_generation` header.
 //!
 //! # Re-encoding
 //! The packet is unframed ([`apflow_alert_dist::wire::unframe`]) and decoded with the

@@ -8,8 +8,8 @@
 //!   written by the pipeline (`apflow run`): the alert latency of the detector is
 //!   `alerts_done_tai − readout_end_tai`, the time from the end of the readout to the
 //!   last alert of the detector leaving the pipeline, to be compared with Rubin's
-//!   60 s budget for alert distribution (OSS-REQ-0127, LSR-REQ-0101: 98 % within 60
-//!   s). Without an archive, the counts come from the records' `n_alerts`.
+//!   60 s budget for alert distribution (the Science Requirements Document, LPM-17:
+//!   OTT1 = 1 minute). Without an archive, the counts come from the records' `n_alerts`.
 //!
 //! # Outputs ([`write_report`])
 //! * `summary.json`: the whole [`NightReport`].
@@ -35,7 +35,7 @@ use thiserror::Error;
 
 use crate::night::{Night, NightError, load_night, pick_night};
 
-/// Rubin's latency budget for alerts, seconds (OSS-REQ-0127).
+/// Rubin's latency budget for alerts, seconds (LPM-17, OTT1).
 pub const LATENCY_BUDGET_S: f64 = 60.0;
 
 /// Seconds per day.
@@ -212,7 +212,7 @@ pub struct LatencyReport {
     pub p50_s: f64,
     /// 90th percentile, seconds.
     pub p90_s: f64,
-    /// 98th percentile (the requirement's percentile), seconds.
+    /// 98th percentile, seconds.
     pub p98_s: f64,
     /// 99th percentile, seconds.
     pub p99_s: f64,
