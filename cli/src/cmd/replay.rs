@@ -209,13 +209,9 @@ async fn kafka_sink_for(
     let producer = ProducerConfig::default();
     let topic = args.topic.clone().unwrap_or_else(|| producer.topic(11));
     KafkaSink::ensure_topic(brokers, &config.bus.kafka, &topic, args.partitions).await?;
-    Ok(AnySink::Kafka(KafkaSink::new(
-        brokers,
-        &config.bus.kafka,
-        &producer,
-        &topic,
-        generation,
-    )?))
+    let sink = KafkaSink::new(brokers, &config.bus.kafka, &producer, &topic, generation)?;
+    tokio::task::block_in_place(|| sink.connect(std::time::Duration::from_secs(30)))?;
+    Ok(AnySink::Kafka(sink))
 }
 
 /// Runs `apflow report`.

@@ -78,6 +78,20 @@ impl KafkaSink {
             })
     }
 
+    /// Connects before the replay starts (the client connects lazily, and the first
+    /// burst would otherwise wait for it): fetches the topic's metadata, waiting at
+    /// most `timeout`. Blocking: call it from a blocking context.
+    pub fn connect(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map(|_| ())
+            .map_err(|e| SinkError::Topic {
+                topic: self.topic.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
