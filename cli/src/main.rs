@@ -53,6 +53,12 @@ enum Command {
     /// Read the alert archive.
     #[command(subcommand)]
     Archive(cmd::archive::ArchiveCommand),
+    /// Send a night of the alert archive again — paced like the original, faster, or
+    /// at a fixed visit cadence — to a directory or a Kafka topic, with fresh ids.
+    Replay(cmd::replay::ReplayArgs),
+    /// The night report: alerts per visit and detector, latency against the 60 s
+    /// budget, stage times; PNG plots and a JSON summary.
+    Report(cmd::replay::ReportArgs),
     /// Measure throughput (figures go to docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
         Command::Diffim(a) => cmd::diffim::run(a, &config),
         Command::Alert(c) => cmd::alert::run(c),
         Command::Archive(c) => cmd::archive::run(c),
+        Command::Replay(a) => runtime().and_then(|rt| rt.block_on(cmd::replay::run(a, &config))),
+        Command::Report(a) => cmd::replay::run_report(a),
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
     match result {

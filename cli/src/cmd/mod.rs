@@ -12,6 +12,7 @@ pub mod bench_alerts;
 pub mod config;
 pub mod diffim;
 pub mod ingest;
+pub mod replay;
 pub mod run;
 pub mod simulate;
 

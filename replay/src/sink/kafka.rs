@@ -1,0 +1,167 @@
+//! The Kafka sink (feature `kafka`): see the parent module.
+
+use std::time::Duration;
+
+use apflow_alert_dist::producer::{FramedAlert, ProducerConfig};
+use apflow_core::bus::kafka::{base_config, create_topics, ms};
+use apflow_core::bus::{KafkaConfig, TopicSpec};
+use apflow_core::ids::{DetectorId, VisitId};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{Sink, SinkError};
+
+/// Produces replayed alerts to one topic.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    generation: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// A producer to `brokers` for `topic`, with the bus's connection settings `kafka`
+    /// and the alert producer's settings `config`; `generation` is the replay
+    /// generation of the ids sent (0: original ids), written as a header.
+    pub fn new(
+        brokers: &str,
+        kafka: &KafkaConfig,
+        config: &ProducerConfig,
+        topic: &str,
+        generation: u8,
+    ) -> Result<Self, SinkError> {
+        let mut c = base_config(brokers, kafka).map_err(|e| SinkError::Config(e.to_string()))?;
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", config.compression.as_str())
+            .set("linger.ms", ms(config.linger))
+            .set("batch.num.messages", config.batch_num_messages.to_string())
+            .set("batch.size", config.batch_size.to_string())
+            .set("message.max.bytes", config.message_max_bytes.to_string())
+            .set("message.timeout.ms", ms(config.message_timeout));
+        for (k, v) in &config.librdkafka {
+            c.set(k, v);
+        }
+        let producer: FutureProducer = c.create().map_err(|e| SinkError::Config(e.to_string()))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+            generation: generation.to_string(),
+            timeout: config.message_timeout,
+        })
+    }
+
+    /// Creates the topic with `partitions` partitions when it does not exist.
+    pub async fn ensure_topic(
+        brokers: &str,
+        kafka: &KafkaConfig,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), SinkError> {
+        let spec = TopicSpec {
+            name: topic.to_string(),
+            partitions,
+        };
+        create_topics(brokers, kafka, &[spec])
+            .await
+            .map_err(|e| SinkError::Topic {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Connects before the replay starts (the client connects lazily, and the first
+    /// burst would otherwise wait for it): fetches the topic's metadata, waiting at
+    /// most `timeout`. Blocking: call it from a blocking context.
+    pub fn connect(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .map(|_| ())
+            .map_err(|e| SinkError::Topic {
+                topic: self.topic.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send_burst(
+        &mut self,
+        visit: VisitId,
+        detector: DetectorId,
+        alerts: &[FramedAlert],
+    ) -> Result<(), SinkError> {
+        let now_ms = chrono::Utc::now().timestamp_millis().to_string();
+        // Enqueue the whole burst, then await the delivery reports (never one flush
+        // per message).
+        let mut pending = Vec::with_capacity(alerts.len());
+        let mut failed = 0usize;
+        let mut first_error = None;
+        for a in alerts {
+            let key = a.dia_source_id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "producer_timestamp",
+                    value: Some(now_ms.as_bytes()),
+                })
+                .insert(Header {
+                    key: "apflow_replay_generation",
+                    value: Some(self.generation.as_bytes()),
+                });
+            let record = FutureRecord::to(&self.topic)
+                .key(&key)
+                .payload(a.framed.as_ref())
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => {
+                    failed += 1;
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    failed += 1;
+                    first_error.get_or_insert(e.to_string());
+                }
+                Err(_) => {
+                    failed += 1;
+                    first_error.get_or_insert("delivery report dropped".into());
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(reason) => Err(SinkError::Undelivered {
+                visit,
+                detector,
+                failed,
+                total: alerts.len(),
+                reason,
+            }),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), SinkError> {
+        self.producer
+            .flush(self.timeout)
+            .map_err(|e| SinkError::Config(format!("flush: {e}")))
+    }
+}
