@@ -186,6 +186,25 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
         String::from_utf8_lossy(&by_id.stderr)
     );
     assert_eq!(by_id.stdout, shown.stdout);
+    // The night report from the run's records and archive: every detector's latency,
+    // every alert.
+    let rep = dir.path().join("report");
+    let o = apflow()
+        .args(["report", "--records"])
+        .arg(dir.path().join("records.jsonl"))
+        .arg("--archive")
+        .arg(dir.path().join("archive"))
+        .arg("--out")
+        .arg(&rep)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rep.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(j["alerts"], alerts[0], "{j}");
+    assert_eq!(j["latency"]["detectors"], 6, "{j}");
+    assert_eq!(j["latency"]["within_budget"], 1.0, "{j}");
+    assert!(rep.join("latency.png").is_file());
     // The camera wrote real raw files that the ingest stage validated.
     let raws = walk(&dir.path().join("raw"));
     assert_eq!(raws.len(), 6, "{raws:?}");

@@ -49,6 +49,7 @@ use apflow_prompt_proc::association::{AssociationConfig, SsPrediction};
 use apflow_prompt_proc::cutout::CutoutSet;
 use apflow_prompt_proc::pipeline::DetectorResult;
 use apflow_prompt_proc::service::ProcessContext;
+use apflow_replay::report::DetectorRecord;
 use apflow_sim::{Night, NightSpec, write_raw_fits};
 use chrono::Utc;
 use clap::Args;
@@ -153,6 +154,10 @@ struct DetectorOutcome {
     alerts_already_archived: usize,
     /// End of readout → the detector's alerts archived, seconds.
     alert_latency: f64,
+    /// End of readout (last snap).
+    readout_end: chrono::DateTime<Utc>,
+    /// The detector's alerts archived (and published, on Kafka).
+    alerts_done: chrono::DateTime<Utc>,
     timings: Vec<StageTiming>,
 }
 
@@ -593,7 +598,8 @@ async fn process_detector(
     let report = tokio::task::spawn_blocking(move || archive.put_batch(&framed)).await??;
     // Measured once the detector's batch is archived: every alert of it is out then (on
     // Kafka too: the archive is written after the broker acknowledged them).
-    let alert_latency = (Utc::now() - readout_end).as_seconds_f64();
+    let alerts_done = Utc::now();
+    let alert_latency = (alerts_done - readout_end).as_seconds_f64();
     timings.push(StageTiming {
         stage: "alerts".into(),
         seconds: alerts_started.elapsed().as_secs_f64(),
@@ -656,6 +662,8 @@ async fn process_detector(
         alerts_refused: refused.len(),
         alerts_already_archived: report.duplicates,
         alert_latency,
+        readout_end,
+        alerts_done,
         timings,
     }))
 }
@@ -755,6 +763,28 @@ async fn alert_producer(
     )?;
     producer.ensure_topic().await?;
     Ok(Some(producer))
+}
+
+/// Writes one [`DetectorRecord`] per processed detector (JSON Lines), for `apflow report`.
+fn write_records(path: &std::path::Path, done: &[DetectorOutcome]) -> anyhow::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for o in done {
+        DetectorRecord {
+            visit: o.visit,
+            detector: o.detector,
+            readout_end_tai: MjdTai::from_utc(o.readout_end)?.0,
+            alerts_done_tai: MjdTai::from_utc(o.alerts_done)?.0,
+            n_alerts: u64::from(o.counts.alerts) + o.alerts_already_archived as u64,
+            stages: o
+                .timings
+                .iter()
+                .map(|t| (t.stage.clone(), t.seconds))
+                .collect(),
+        }
+        .write_jsonl(&mut w)?;
+    }
+    std::io::Write::flush(&mut w)?;
+    Ok(())
 }
 
 /// Runs the night.
@@ -1035,6 +1065,14 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     println!(
         "  latency         end of readout → a detector's alerts archived: {}",
         super::latency_summary(&alert_latencies)
+    );
+    let records = out.join("records.jsonl");
+    write_records(&records, &processed.done)?;
+    println!(
+        "  records         {} (apflow report --records {} --archive {})",
+        records.display(),
+        records.display(),
+        archive_dir.display()
     );
     println!("  wall time       {:.1} s", wall.elapsed().as_secs_f64());
     if let (Some(s), Some(linger)) = (&server, args.linger.filter(|l| !l.is_zero())) {
