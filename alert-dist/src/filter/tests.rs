@@ -406,7 +406,7 @@ fn filter_file_errors_name_the_file_line_and_column() {
     let e = FilterSet::load_dir(dir.path()).expect_err("two bad files");
     assert_eq!(e.errors.len(), 2);
     assert!(e.errors[1].path.ends_with("b.toml"));
-    assert_eq!((e.errors[1].line, e.errors[1].column), (3, 26));
+    assert_eq!((e.errors[1].line, e.errors[1].column), (3, 27));
     assert!(FilterSet::load_dir(&dir.path().join("missing")).is_err());
 }
 
