@@ -96,7 +96,9 @@ pub fn record_filter_counts(set: &crate::filter::FilterSet, counts: &crate::filt
             counts.matched.get(i).copied().unwrap_or(0),
             counts.passed.get(i).copied().unwrap_or(0),
         );
-        FILTER_MATCHES_TOTAL.with_label_values(&[f.name.as_str()]).inc_by(m);
+        FILTER_MATCHES_TOTAL
+            .with_label_values(&[f.name.as_str()])
+            .inc_by(m);
         FILTER_QUOTA_DROPS_TOTAL
             .with_label_values(&[f.name.as_str()])
             .inc_by(m.saturating_sub(p));

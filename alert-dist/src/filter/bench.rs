@@ -19,9 +19,9 @@ use apflow_core::ids::DiaObjectId;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::AB_ZERO_POINT_NJY;
 use super::check::CostModel;
 use super::file::{DEFAULT_QUOTA, Filter, FilterSet};
-use super::AB_ZERO_POINT_NJY;
 use crate::packet::{AlertEncoder, AssembleConfig, inputs};
 use crate::synth::{SynthVisit, visit};
 
@@ -118,7 +118,11 @@ pub fn realistic_visit(seed: u64, n: usize, cutout_size: usize) -> SynthVisit {
         } else {
             0.5 * rng.random::<f32>()
         });
-        s.extendedness = Some(if rng.random_bool(0.3) { 1.0 } else { rng.random_range(0.0..0.3) });
+        s.extendedness = Some(if rng.random_bool(0.3) {
+            1.0
+        } else {
+            rng.random_range(0.0..0.3)
+        });
         s.is_dipole = scale_flags(&mut rng);
         s.pixel_flags_saturated = scale_flags(&mut rng);
         s.pixel_flags_bad = scale_flags(&mut rng);
@@ -131,7 +135,11 @@ pub fn realistic_visit(seed: u64, n: usize, cutout_size: usize) -> SynthVisit {
         s.shape_flag = scale_flags(&mut rng);
     }
     // New objects lose their history; the rest get fluxes around their magnitude.
-    v.history.retain(|h| h.dia_object_id.and_then(|id| objs.get(&id)).is_none_or(|o| !o.new));
+    v.history.retain(|h| {
+        h.dia_object_id
+            .and_then(|id| objs.get(&id))
+            .is_none_or(|o| !o.new)
+    });
     let mut first: HashMap<DiaObjectId, (f64, i32)> = HashMap::new();
     let t = v.t;
     for h in &mut v.history {
@@ -241,7 +249,14 @@ pub fn filter_expressions(seed: u64, n: usize) -> Vec<(String, String)> {
                 let h = rng.random_range(0.1..0.8);
                 format!(
                     "polygon({:.4}, {:.4}, {:.4}, {:.4}, {:.4}, {:.4}, {:.4}, {:.4}) AND diaSource.snr > {s:.1}",
-                    cra - h, cdec - h, cra + h, cdec - h, cra + h, cdec + h, cra - h, cdec + h
+                    cra - h,
+                    cdec - h,
+                    cra + h,
+                    cdec - h,
+                    cra + h,
+                    cdec + h,
+                    cra - h,
+                    cdec + h
                 )
             }
             6 => format!(
@@ -280,7 +295,12 @@ pub struct Workload {
 ///
 /// # Errors
 /// A message if an alert cannot be encoded or a filter does not compile (both bugs).
-pub fn workload(seed: u64, n_alerts: usize, n_filters: usize, cutout_size: usize) -> Result<Workload, String> {
+pub fn workload(
+    seed: u64,
+    n_alerts: usize,
+    n_filters: usize,
+    cutout_size: usize,
+) -> Result<Workload, String> {
     let v = realistic_visit(seed, n_alerts, cutout_size);
     let (alerts, dead) = inputs(&v.sources(), &v.context, &AssembleConfig::default());
     if !dead.is_empty() {

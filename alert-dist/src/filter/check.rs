@@ -376,7 +376,13 @@ impl Checker<'_> {
         })
     }
 
-    fn call(&self, name: &str, name_span: Span, args: &[Expr], span: Span) -> Result<TExpr, ExprError> {
+    fn call(
+        &self,
+        name: &str,
+        name_span: Span,
+        args: &[Expr],
+        span: Span,
+    ) -> Result<TExpr, ExprError> {
         let lname = name.to_ascii_lowercase();
         let arity = |n: usize| -> Result<(), ExprError> {
             if args.len() == n {
@@ -421,7 +427,14 @@ impl Checker<'_> {
                 let a = self.check(&args[0])?;
                 self.want_num(&a, &format!("{lname}()"))?;
                 let (f, ty) = if lname == "abs" {
-                    (NumFn::Abs, if a.ty == Type::Int { Type::Int } else { Type::Float })
+                    (
+                        NumFn::Abs,
+                        if a.ty == Type::Int {
+                            Type::Int
+                        } else {
+                            Type::Float
+                        },
+                    )
                 } else {
                     (NumFn::Mag, Type::Float)
                 };
@@ -435,10 +448,18 @@ impl Checker<'_> {
                     self.constant(&args[2])?,
                 );
                 if !(-90.0..=90.0).contains(&dec) {
-                    return Err(self.err(ErrorKind::BadArgument, args[1].span, "declination outside [-90, 90] degrees"));
+                    return Err(self.err(
+                        ErrorKind::BadArgument,
+                        args[1].span,
+                        "declination outside [-90, 90] degrees",
+                    ));
                 }
                 if !(0.0..=180.0).contains(&r) {
-                    return Err(self.err(ErrorKind::BadArgument, args[2].span, "cone radius outside [0, 180] degrees"));
+                    return Err(self.err(
+                        ErrorKind::BadArgument,
+                        args[2].span,
+                        "cone radius outside [0, 180] degrees",
+                    ));
                 }
                 mk(
                     TKind::Region(Box::new(Region::Cone {
@@ -449,7 +470,7 @@ impl Checker<'_> {
                 )
             }
             "polygon" => {
-                if args.len() < 6 || args.len() % 2 != 0 {
+                if args.len() < 6 || !args.len().is_multiple_of(2) {
                     return Err(self.err(
                         ErrorKind::Arity,
                         span,
@@ -463,12 +484,20 @@ impl Checker<'_> {
                 for p in args.chunks(2) {
                     let (ra, dec) = (self.constant(&p[0])?, self.constant(&p[1])?);
                     if !(-90.0..=90.0).contains(&dec) {
-                        return Err(self.err(ErrorKind::BadArgument, p[1].span, "declination outside [-90, 90] degrees"));
+                        return Err(self.err(
+                            ErrorKind::BadArgument,
+                            p[1].span,
+                            "declination outside [-90, 90] degrees",
+                        ));
                     }
                     vs.push(UnitVector::from_radec_deg(ra, dec));
                 }
                 let poly = SkyPolygon::new(vs).map_err(|e| {
-                    self.err(ErrorKind::BadArgument, span, format!("polygon: {e} (vertices must make a convex polygon)"))
+                    self.err(
+                        ErrorKind::BadArgument,
+                        span,
+                        format!("polygon: {e} (vertices must make a convex polygon)"),
+                    )
                 })?;
                 mk(TKind::Region(Box::new(Region::Polygon(poly))), Type::Bool)
             }

@@ -141,7 +141,13 @@ fn bool_fn(e: &TExpr) -> BoolFn {
                 Some(false) => Some(false),
                 l => match y(v) {
                     Some(false) => Some(false),
-                    r => if l.is_none() || r.is_none() { None } else { Some(true) },
+                    r => {
+                        if l.is_none() || r.is_none() {
+                            None
+                        } else {
+                            Some(true)
+                        }
+                    }
                 },
             })
         }
@@ -151,7 +157,13 @@ fn bool_fn(e: &TExpr) -> BoolFn {
                 Some(true) => Some(true),
                 l => match y(v) {
                     Some(true) => Some(true),
-                    r => if l.is_none() || r.is_none() { None } else { Some(false) },
+                    r => {
+                        if l.is_none() || r.is_none() {
+                            None
+                        } else {
+                            Some(false)
+                        }
+                    }
                 },
             })
         }
@@ -170,7 +182,13 @@ fn bool_fn(e: &TExpr) -> BoolFn {
                     Some(false) => Some(false),
                     l => match le(v) {
                         Some(false) => Some(false),
-                        r => if l.is_none() || r.is_none() { None } else { Some(true) },
+                        r => {
+                            if l.is_none() || r.is_none() {
+                                None
+                            } else {
+                                Some(true)
+                            }
+                        }
                     },
                 };
                 not3(r, n)
@@ -179,12 +197,29 @@ fn bool_fn(e: &TExpr) -> BoolFn {
         TKind::In(a, list, negated) => {
             let has_null = list.contains(&Val::Null);
             let n = *negated;
-            let tail = move |found: bool| not3(if found { Some(true) } else if has_null { None } else { Some(false) }, n);
+            let tail = move |found: bool| {
+                not3(
+                    if found {
+                        Some(true)
+                    } else if has_null {
+                        None
+                    } else {
+                        Some(false)
+                    },
+                    n,
+                )
+            };
             match a.ty {
                 Type::Null => Box::new(|_| None),
                 Type::Str => {
                     let x = str_fn(a);
-                    let items: Vec<Box<str>> = list.iter().filter_map(|i| match i { Val::Str(s) => Some(s.clone()), _ => None }).collect();
+                    let items: Vec<Box<str>> = list
+                        .iter()
+                        .filter_map(|i| match i {
+                            Val::Str(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect();
                     Box::new(move |v| {
                         let s = x.get(v)?;
                         tail(items.iter().any(|i| **i == *s))
@@ -192,7 +227,13 @@ fn bool_fn(e: &TExpr) -> BoolFn {
                 }
                 Type::Bool => {
                     let x = bool_fn(a);
-                    let items: Vec<bool> = list.iter().filter_map(|i| match i { Val::Bool(b) => Some(*b), _ => None }).collect();
+                    let items: Vec<bool> = list
+                        .iter()
+                        .filter_map(|i| match i {
+                            Val::Bool(b) => Some(*b),
+                            _ => None,
+                        })
+                        .collect();
                     Box::new(move |v| {
                         let b = x(v)?;
                         tail(items.contains(&b))
@@ -200,11 +241,23 @@ fn bool_fn(e: &TExpr) -> BoolFn {
                 }
                 Type::Int => {
                     let x = int_fn(a);
-                    let ints: Vec<i64> = list.iter().filter_map(|i| match i { Val::Int(j) => Some(*j), _ => None }).collect();
-                    let floats: Vec<f64> = list.iter().filter_map(|i| match i { Val::Float(y) => Some(*y), _ => None }).collect();
+                    let ints: Vec<i64> = list
+                        .iter()
+                        .filter_map(|i| match i {
+                            Val::Int(j) => Some(*j),
+                            _ => None,
+                        })
+                        .collect();
+                    let floats: Vec<f64> = list
+                        .iter()
+                        .filter_map(|i| match i {
+                            Val::Float(y) => Some(*y),
+                            _ => None,
+                        })
+                        .collect();
                     Box::new(move |v| {
                         let i = x(v)?;
-                        tail(ints.contains(&i) || floats.iter().any(|y| i as f64 == *y))
+                        tail(ints.contains(&i) || floats.contains(&(i as f64)))
                     })
                 }
                 Type::Float => {

@@ -23,11 +23,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::CompiledFilter;
 use super::check::CostModel;
 use super::quota::QuotaEngine;
 use super::syntax::ExprError;
 use super::view::AlertView;
-use super::CompiledFilter;
 
 /// Default per-visit quota of a filter: Rubin's 20 full alerts per visit per user
 /// (DMS-REQ-0343).
@@ -86,7 +86,7 @@ pub struct FilterFileError {
     /// What is wrong.
     pub message: String,
     /// The expression error, for its caret display.
-    pub expr: Option<ExprError>,
+    pub expr: Option<Box<ExprError>>,
 }
 
 impl fmt::Display for FilterFileError {
@@ -100,7 +100,12 @@ impl fmt::Display for FilterFileError {
             self.message
         )?;
         if let Some(e) = &self.expr {
-            let mut lines = e.to_string().lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+            let mut lines = e
+                .to_string()
+                .lines()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>();
             lines.insert(0, String::new());
             f.write_str(&lines.join("\n"))?;
         }
@@ -162,8 +167,7 @@ fn verbatim_start(text: &str, span: std::ops::Range<usize>, value: &str) -> Opti
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
@@ -210,7 +214,7 @@ impl Filter {
     /// # Errors
     /// A [`FilterFileError`] naming the file, line and column.
     pub fn from_toml(text: &str, path: &Path, model: &CostModel) -> Result<Self, FilterFileError> {
-        let err = |offset: usize, message: String, expr: Option<ExprError>| {
+        let err = |offset: usize, message: String, expr: Option<Box<ExprError>>| {
             let (line, column) = line_col(text, offset);
             FilterFileError {
                 path: path.to_path_buf(),
@@ -228,7 +232,10 @@ impl Filter {
             let at = text.find("name").unwrap_or(0);
             return Err(err(
                 at,
-                format!("filter name {:?} must be 1-200 characters of [A-Za-z0-9._-]", spec.name),
+                format!(
+                    "filter name {:?} must be 1-200 characters of [A-Za-z0-9._-]",
+                    spec.name
+                ),
                 None,
             ));
         }
@@ -248,11 +255,14 @@ impl Filter {
         let condition = CompiledFilter::with_cost_model(expr, model).map_err(|e| {
             let span = spec.expression.span();
             match verbatim_start(text, span.clone(), expr) {
-                Some(start) => err(start + e.span.start, e.message.clone(), Some(e)),
+                Some(start) => err(start + e.span.start, e.message.clone(), Some(Box::new(e))),
                 None => err(
                     span.start,
-                    format!("expression line {}, column {}: {}", e.line, e.column, e.message),
-                    Some(e),
+                    format!(
+                        "expression line {}, column {}: {}",
+                        e.line, e.column, e.message
+                    ),
+                    Some(Box::new(e)),
                 ),
             }
         })?;

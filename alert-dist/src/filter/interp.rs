@@ -7,10 +7,10 @@ use std::cmp::Ordering;
 
 use apflow_core::geom::UnitVector;
 
+use super::AB_ZERO_POINT_NJY;
 use super::check::{HistFn, NumFn, TExpr, TKind};
 use super::syntax::{ArithOp, CmpOp};
 use super::view::{AlertView, Val, band_index};
-use super::AB_ZERO_POINT_NJY;
 use crate::coords::galactic;
 
 fn b3(v: &Val) -> Option<bool> {
@@ -25,7 +25,11 @@ fn from3(b: Option<bool>) -> Val {
 }
 
 fn finite(x: f64) -> Val {
-    if x.is_finite() { Val::Float(x) } else { Val::Null }
+    if x.is_finite() {
+        Val::Float(x)
+    } else {
+        Val::Null
+    }
 }
 
 fn mag(f: Option<f64>) -> Option<f64> {
@@ -184,10 +188,7 @@ pub fn eval(e: &TExpr, view: &AlertView, steps: &mut u64) -> Val {
             *steps += list.len() as u64;
             let r = if x == Val::Null {
                 None
-            } else if list
-                .iter()
-                .any(|y| compare(&x, y) == Some(Ordering::Equal))
-            {
+            } else if list.iter().any(|y| compare(&x, y) == Some(Ordering::Equal)) {
                 Some(true)
             } else if list.contains(&Val::Null) {
                 None

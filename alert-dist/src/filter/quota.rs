@@ -142,7 +142,11 @@ impl QuotaEngine {
     /// them are dropped.
     pub fn close_through(&mut self, visit: u64) -> Vec<(u64, VisitCounts)> {
         let mut out = Vec::new();
-        while self.open.first_key_value().is_some_and(|(v, _)| *v <= visit) {
+        while self
+            .open
+            .first_key_value()
+            .is_some_and(|(v, _)| *v <= visit)
+        {
             out.extend(self.close_oldest());
         }
         self.closed_up_to = Some(self.closed_up_to.map_or(visit, |x| x.max(visit)));

@@ -666,7 +666,10 @@ impl Parser<'_> {
             let kind = match e.kind {
                 ExprKind::Lit(Lit::Int(i)) if i != i64::MIN => ExprKind::Lit(Lit::Int(-i)),
                 ExprKind::Lit(Lit::Float(x)) => ExprKind::Lit(Lit::Float(-x)),
-                k => ExprKind::Neg(Box::new(Expr { kind: k, span: e.span })),
+                k => ExprKind::Neg(Box::new(Expr {
+                    kind: k,
+                    span: e.span,
+                })),
             };
             return Ok(Expr { kind, span });
         }
@@ -674,10 +677,12 @@ impl Parser<'_> {
     }
     fn primary(&mut self) -> Result<Expr, ExprError> {
         let (tok, span) = self.bump();
-        let lit = |l| Ok(Expr {
-            kind: ExprKind::Lit(l),
-            span,
-        });
+        let lit = |l| {
+            Ok(Expr {
+                kind: ExprKind::Lit(l),
+                span,
+            })
+        };
         match tok {
             Tok::Int(i) => match i64::try_from(i) {
                 Ok(i) => lit(Lit::Int(i)),

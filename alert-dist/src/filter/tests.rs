@@ -13,7 +13,9 @@ use super::*;
 use crate::coords::galactic;
 
 fn slot(p: &str) -> usize {
-    field_table().slot(p).unwrap_or_else(|| panic!("no field {p}"))
+    field_table()
+        .slot(p)
+        .unwrap_or_else(|| panic!("no field {p}"))
 }
 
 /// A view with the given fields set and a history.
@@ -39,7 +41,11 @@ fn both(src: &str, v: &AlertView) -> Option<bool> {
     let mut steps = 0;
     let i = f.interpret(v, &mut steps);
     assert_eq!(f.eval(v), i, "compiled and interpreted differ on {src}");
-    assert!(steps <= f.cost(), "{src}: {steps} steps > cost {}", f.cost());
+    assert!(
+        steps <= f.cost(),
+        "{src}: {steps} steps > cost {}",
+        f.cost()
+    );
     i
 }
 
@@ -113,12 +119,18 @@ fn sky_regions_select_the_position() {
     assert_eq!(both("cone(150.1, 2.2, 0.11)", &v), Some(true));
     assert_eq!(both("cone(150.1, 2.2, 0.09)", &v), Some(false));
     assert_eq!(
-        both("polygon(149.9, 2.1, 150.1, 2.1, 150.1, 2.3, 149.9, 2.3)", &v),
+        both(
+            "polygon(149.9, 2.1, 150.1, 2.1, 150.1, 2.3, 149.9, 2.3)",
+            &v
+        ),
         Some(true)
     );
     // Either winding.
     assert_eq!(
-        both("polygon(149.9, 2.3, 150.1, 2.3, 150.1, 2.1, 149.9, 2.1)", &v),
+        both(
+            "polygon(149.9, 2.3, 150.1, 2.3, 150.1, 2.1, 149.9, 2.1)",
+            &v
+        ),
         Some(true)
     );
     assert_eq!(
@@ -151,7 +163,10 @@ fn null_follows_three_valued_logic() {
         ("diaSource.snr IN (1, 2)", None),
         ("diaSource.reliability BETWEEN 0.9 AND NULL", None),
         ("diaSource.reliability BETWEEN 0.96 AND NULL", Some(false)),
-        ("diaSource.reliability NOT BETWEEN 0.96 AND NULL", Some(true)),
+        (
+            "diaSource.reliability NOT BETWEEN 0.96 AND NULL",
+            Some(true),
+        ),
         ("NULL", None),
         ("NOT NULL", None),
     ];
@@ -190,7 +205,10 @@ fn arithmetic_and_comparisons() {
         ("observation_reason = 'it''s'", Some(true)),
         ("diaSource.isDipole = FALSE", Some(true)),
         ("diaSource.isDipole != TRUE", Some(true)),
-        ("diaObject.nDiaSources >= 4 and diaObject.nDiaSources < 5", Some(true)),
+        (
+            "diaObject.nDiaSources >= 4 and diaObject.nDiaSources < 5",
+            Some(true),
+        ),
         ("diaSource.psfFlux / 1000 = 4", Some(true)),
         ("-diaSource.psfFlux < 0 -- a comment", Some(true)),
     ];
@@ -264,7 +282,10 @@ fn cost_is_bounded() {
         limit: 200,
     };
     assert!(CompiledFilter::with_cost_model(&many, &model).is_ok());
-    let list = (0..300).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let list = (0..300)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let src = format!("diaSourceId IN ({list})");
     assert!(CompiledFilter::with_cost_model(&src, &model).is_err());
     assert_eq!(CompiledFilter::new(&src).expect("valid").cost(), 302);
@@ -278,8 +299,11 @@ fn cost_is_bounded() {
 #[test]
 fn the_three_decoders_give_the_same_view() {
     let v = bench::realistic_visit(7, 40, 8);
-    let (inputs, dead) =
-        crate::packet::inputs(&v.sources(), &v.context, &crate::packet::AssembleConfig::default());
+    let (inputs, dead) = crate::packet::inputs(
+        &v.sources(),
+        &v.context,
+        &crate::packet::AssembleConfig::default(),
+    );
     assert!(dead.is_empty());
     let mut enc = crate::packet::AlertEncoder::new();
     let mut with_history = 0;
@@ -317,8 +341,11 @@ fn shipped_filters_load_and_select_a_sensible_subset() {
     let set = FilterSet::load_dir(&deploy_dir()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(set.len(), bench::DEPLOY_FILTERS.len());
     let v = bench::realistic_visit(11, 2000, 4);
-    let (inputs, _) =
-        crate::packet::inputs(&v.sources(), &v.context, &crate::packet::AssembleConfig::default());
+    let (inputs, _) = crate::packet::inputs(
+        &v.sources(),
+        &v.context,
+        &crate::packet::AssembleConfig::default(),
+    );
     let views: Vec<AlertView> = inputs.iter().map(AlertView::from_input).collect();
     let mut counts = vec![0usize; set.len()];
     let mut out = Vec::new();
@@ -365,17 +392,32 @@ fn filter_file_errors_name_the_file_line_and_column() {
     let e = Filter::from_toml(text, p, &m).expect_err("unknown field");
     assert_eq!((e.line, e.column), (5, 5));
     let shown = e.to_string();
-    assert!(shown.starts_with("f.toml:5:5: unknown field diaSource.bnd"), "{shown}");
+    assert!(
+        shown.starts_with("f.toml:5:5: unknown field diaSource.bnd"),
+        "{shown}"
+    );
     assert!(shown.ends_with("\n      ^^^^^^^^^^^^^"), "{shown}");
     let text = "owner = \"me\"\nname = \"x\"\nexpression = \"diaSource.band = \\\"r\\\" AND 1\"\n";
     let e = Filter::from_toml(text, p, &m).expect_err("type");
     assert_eq!(e.line, 3);
-    assert!(e.message.contains("expression line 1, column 26"), "{}", e.message);
-    let e = Filter::from_toml("owner = \"me\"\nname = \"x\"\nexpression = \"TRUE\"\nqota = 3\n", p, &m)
-        .expect_err("unknown key");
+    assert!(
+        e.message.contains("expression line 1, column 26"),
+        "{}",
+        e.message
+    );
+    let e = Filter::from_toml(
+        "owner = \"me\"\nname = \"x\"\nexpression = \"TRUE\"\nqota = 3\n",
+        p,
+        &m,
+    )
+    .expect_err("unknown key");
     assert_eq!(e.line, 4);
-    let e = Filter::from_toml("owner = \"me\"\nname = \"a b\"\nexpression = \"TRUE\"\n", p, &m)
-        .expect_err("bad name");
+    let e = Filter::from_toml(
+        "owner = \"me\"\nname = \"a b\"\nexpression = \"TRUE\"\n",
+        p,
+        &m,
+    )
+    .expect_err("bad name");
     assert_eq!(e.line, 2);
     let ok = Filter::from_toml(
         "owner = \"me\"\nname = \"x\"\nexpression = \"TRUE\"\nquota = 3\ntopic = \"t.x\"\n",
@@ -393,7 +435,10 @@ fn filter_file_errors_name_the_file_line_and_column() {
         .expect("valid")
     };
     assert_eq!(
-        FilterSet::new(vec![dup("a"), dup("a")]).expect_err("dup").errors.len(),
+        FilterSet::new(vec![dup("a"), dup("a")])
+            .expect_err("dup")
+            .errors
+            .len(),
         1
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -461,7 +506,11 @@ const FLOAT_FIELDS: [&str; 6] = [
     "ssSource.galLat",
 ];
 const BOOL_FIELDS: [&str; 2] = ["diaSource.isDipole", "diaSource.pixelFlags_saturated"];
-const STR_FIELDS: [&str; 3] = ["diaSource.band", "observation_reason", "ssSource.designation"];
+const STR_FIELDS: [&str; 3] = [
+    "diaSource.band",
+    "observation_reason",
+    "ssSource.designation",
+];
 
 fn random_view(seed: u64) -> AlertView {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -469,18 +518,46 @@ fn random_view(seed: u64) -> AlertView {
     let null = |rng: &mut ChaCha8Rng| rng.random_bool(0.2);
     for f in INT_FIELDS {
         let v = [i64::MAX, i64::MIN, -3, 0, 1, 2, 5, 9_007_199_254_740_993][rng.random_range(0..8)];
-        fields.push((f, if null(&mut rng) { Val::Null } else { Val::Int(v) }));
+        fields.push((
+            f,
+            if null(&mut rng) {
+                Val::Null
+            } else {
+                Val::Int(v)
+            },
+        ));
     }
     for f in FLOAT_FIELDS {
         let v = [-1.5, 0.0, 0.5, 2.0, 1000.0, 150.0, 1e300][rng.random_range(0..7)];
-        fields.push((f, if null(&mut rng) { Val::Null } else { Val::Float(v) }));
+        fields.push((
+            f,
+            if null(&mut rng) {
+                Val::Null
+            } else {
+                Val::Float(v)
+            },
+        ));
     }
     for f in BOOL_FIELDS {
-        fields.push((f, if null(&mut rng) { Val::Null } else { Val::Bool(rng.random()) }));
+        fields.push((
+            f,
+            if null(&mut rng) {
+                Val::Null
+            } else {
+                Val::Bool(rng.random())
+            },
+        ));
     }
     for f in STR_FIELDS {
         let s = ["g", "r", "wfd", ""][rng.random_range(0..4)];
-        fields.push((f, if null(&mut rng) { Val::Null } else { Val::Str(s.into()) }));
+        fields.push((
+            f,
+            if null(&mut rng) {
+                Val::Null
+            } else {
+                Val::Str(s.into())
+            },
+        ));
     }
     fields.retain(|(f, _)| *f != "diaSource.ra");
     let band = BANDS[rng.random_range(0..6)];
@@ -488,13 +565,18 @@ fn random_view(seed: u64) -> AlertView {
     fields.push(("diaSource.ra", Val::Float(rng.random_range(149.0..151.0))));
     fields.push(("diaSource.dec", Val::Float(rng.random_range(1.0..3.0))));
     if !null(&mut rng) {
-        fields.push(("diaSource.midpointMjdTai", Val::Float(rng.random_range(100.0..200.0))));
+        fields.push((
+            "diaSource.midpointMjdTai",
+            Val::Float(rng.random_range(100.0..200.0)),
+        ));
     }
     let history = (0..rng.random_range(0..6))
         .map(|_| Detection {
             mjd: rng.random_bool(0.9).then(|| rng.random_range(0.0..150.0)),
             band: rng.random_bool(0.9).then(|| rng.random_range(0..6u8)),
-            psf_flux: rng.random_bool(0.9).then(|| rng.random_range(-500.0..5000.0)),
+            psf_flux: rng
+                .random_bool(0.9)
+                .then(|| rng.random_range(-500.0..5000.0)),
         })
         .collect();
     view(&fields, history)
@@ -509,7 +591,14 @@ fn num_expr() -> BoxedStrategy<String> {
         select(&INT_FIELDS),
         select(&FLOAT_FIELDS),
         (-3i64..4).prop_map(|i| i.to_string()),
-        select(&["0.5", "2.0", "-1.5", "1000.0", "NULL", "9223372036854775807"]),
+        select(&[
+            "0.5",
+            "2.0",
+            "-1.5",
+            "1000.0",
+            "NULL",
+            "9223372036854775807"
+        ]),
         select(&[
             "n_previous()",
             "days_since_first()",
@@ -522,7 +611,11 @@ fn num_expr() -> BoxedStrategy<String> {
     ];
     leaf.prop_recursive(3, 12, 2, |inner| {
         prop_oneof![
-            (inner.clone(), select(&["+", "-", "*", "/", "%"]), inner.clone())
+            (
+                inner.clone(),
+                select(&["+", "-", "*", "/", "%"]),
+                inner.clone()
+            )
                 .prop_map(|(a, o, b)| format!("({a} {o} {b})")),
             inner.clone().prop_map(|a| format!("-({a})")),
             inner.clone().prop_map(|a| format!("abs({a})")),
@@ -538,15 +631,35 @@ fn bool_expr() -> BoxedStrategy<String> {
         select(&BOOL_FIELDS),
         select(&["TRUE", "FALSE", "NULL"]),
         (num_expr(), cmp.clone(), num_expr()).prop_map(|(a, o, b)| format!("{a} {o} {b}")),
-        (select(&STR_FIELDS), cmp, select(&["'g'", "'r'", "'wfd'", "NULL", "diaSource.band"]))
+        (
+            select(&STR_FIELDS),
+            cmp,
+            select(&["'g'", "'r'", "'wfd'", "NULL", "diaSource.band"])
+        )
             .prop_map(|(a, o, b)| format!("{a} {o} {b}")),
-        (num_expr(), prop::collection::vec(select(&["1", "2", "0.5", "NULL", "-3"]), 1..4), any::<bool>())
-            .prop_map(|(a, l, n)| format!("{a} {}IN ({})", if n { "NOT " } else { "" }, l.join(", "))),
-        (select(&STR_FIELDS), prop::collection::vec(select(&["'g'", "'r'", "NULL"]), 1..3))
+        (
+            num_expr(),
+            prop::collection::vec(select(&["1", "2", "0.5", "NULL", "-3"]), 1..4),
+            any::<bool>()
+        )
+            .prop_map(|(a, l, n)| format!(
+                "{a} {}IN ({})",
+                if n { "NOT " } else { "" },
+                l.join(", ")
+            )),
+        (
+            select(&STR_FIELDS),
+            prop::collection::vec(select(&["'g'", "'r'", "NULL"]), 1..3)
+        )
             .prop_map(|(a, l)| format!("{a} IN ({})", l.join(", "))),
-        (num_expr(), num_expr(), num_expr(), any::<bool>())
-            .prop_map(|(a, l, h, n)| format!("{a} {}BETWEEN {l} AND {h}", if n { "NOT " } else { "" })),
-        (prop_oneof![num_expr(), select(&STR_FIELDS), select(&BOOL_FIELDS)], any::<bool>())
+        (num_expr(), num_expr(), num_expr(), any::<bool>()).prop_map(|(a, l, h, n)| format!(
+            "{a} {}BETWEEN {l} AND {h}",
+            if n { "NOT " } else { "" }
+        )),
+        (
+            prop_oneof![num_expr(), select(&STR_FIELDS), select(&BOOL_FIELDS)],
+            any::<bool>()
+        )
             .prop_map(|(a, n)| format!("{a} IS {}NULL", if n { "NOT " } else { "" })),
         (149.0..151.0f64, 1.0..3.0f64, 0.0..1.5f64)
             .prop_map(|(r, d, x)| format!("cone({r}, {d}, {x})")),
@@ -588,23 +701,26 @@ fn compiled_agrees_with_the_interpreter() {
     };
     let hits = std::cell::RefCell::new([0usize; 3]);
     runner(400)
-        .run(&(bool_expr(), prop::collection::vec(any::<u64>(), 8)), |(src, seeds)| {
-            let f = CompiledFilter::with_cost_model(&src, &model)
-                .map_err(|e| TestCaseError::fail(format!("{src}: {e}")))?;
-            for s in seeds {
-                let v = random_view(s);
-                let mut steps = 0;
-                let want = f.interpret(&v, &mut steps);
-                prop_assert_eq!(f.eval(&v), want, "{} on view {}", src, s);
-                prop_assert!(steps <= f.cost());
-                hits.borrow_mut()[match want {
-                    None => 0,
-                    Some(false) => 1,
-                    Some(true) => 2,
-                }] += 1;
-            }
-            Ok(())
-        })
+        .run(
+            &(bool_expr(), prop::collection::vec(any::<u64>(), 8)),
+            |(src, seeds)| {
+                let f = CompiledFilter::with_cost_model(&src, &model)
+                    .map_err(|e| TestCaseError::fail(format!("{src}: {e}")))?;
+                for s in seeds {
+                    let v = random_view(s);
+                    let mut steps = 0;
+                    let want = f.interpret(&v, &mut steps);
+                    prop_assert_eq!(f.eval(&v), want, "{} on view {}", src, s);
+                    prop_assert!(steps <= f.cost());
+                    hits.borrow_mut()[match want {
+                        None => 0,
+                        Some(false) => 1,
+                        Some(true) => 2,
+                    }] += 1;
+                }
+                Ok(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     // The generator reaches all three outcomes often.
     let hits = hits.into_inner();
@@ -619,7 +735,17 @@ const ALPHABET: &[char] = &[
 #[test]
 fn parser_and_checker_never_panic_and_cost_bounds_steps() {
     let valid = bool_expr();
-    let mutated = (valid, prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), prop::sample::select(ALPHABET)), 1..4))
+    let mutated = (
+        valid,
+        prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+                prop::sample::select(ALPHABET),
+            ),
+            1..4,
+        ),
+    )
         .prop_map(|(src, edits)| {
             let mut chars: Vec<char> = src.chars().collect();
             for (i, op, c) in edits {
@@ -637,9 +763,35 @@ fn parser_and_checker_never_panic_and_cost_bounds_steps() {
         });
     let keywords = prop::collection::vec(
         select(&[
-            "AND", "OR", "NOT", "IN", "BETWEEN", "IS", "NULL", "TRUE", "(", ")", ",", "1", "2.5",
-            "'r'", "diaSource.snr", "diaSource.band", "cone", "polygon", "colour", "n_previous",
-            "=", "<", "+", "-", "/", "mag", "diaSource", ".", "--",
+            "AND",
+            "OR",
+            "NOT",
+            "IN",
+            "BETWEEN",
+            "IS",
+            "NULL",
+            "TRUE",
+            "(",
+            ")",
+            ",",
+            "1",
+            "2.5",
+            "'r'",
+            "diaSource.snr",
+            "diaSource.band",
+            "cone",
+            "polygon",
+            "colour",
+            "n_previous",
+            "=",
+            "<",
+            "+",
+            "-",
+            "/",
+            "mag",
+            "diaSource",
+            ".",
+            "--",
         ]),
         0..20,
     )

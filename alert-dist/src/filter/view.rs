@@ -99,7 +99,11 @@ pub enum Val {
 
 impl Val {
     fn float(x: f64) -> Self {
-        if x.is_nan() { Self::Null } else { Self::Float(x) }
+        if x.is_nan() {
+            Self::Null
+        } else {
+            Self::Float(x)
+        }
     }
     fn from_apdb(v: &Value) -> Self {
         match v {
@@ -519,7 +523,8 @@ impl AlertView {
         }
         match decode_body(body) {
             Err(DirectError::MpcOrbits) => {
-                let d = crate::packet::decode_framed(msg).map_err(|e| ViewError::Avro(e.to_string()))?;
+                let d = crate::packet::decode_framed(msg)
+                    .map_err(|e| ViewError::Avro(e.to_string()))?;
                 Self::from_avro(&d.value)
             }
             Err(DirectError::At(p, m)) => Err(ViewError::Malformed(p, m)),

@@ -159,7 +159,12 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
 }
 
 /// `apflow bench filters`: see [`BenchCommand::Filters`].
-fn bench_filters(n: usize, n_filters: usize, avro_sample: usize, repeats: usize) -> anyhow::Result<()> {
+fn bench_filters(
+    n: usize,
+    n_filters: usize,
+    avro_sample: usize,
+    repeats: usize,
+) -> anyhow::Result<()> {
     use apflow_alert_dist::filter::{AlertView, bench};
     let t = Instant::now();
     let w = bench::workload(42, n, n_filters, 30).map_err(anyhow::Error::msg)?;
