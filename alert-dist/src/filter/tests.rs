@@ -487,6 +487,32 @@ fn quota_passes_the_first_matches_of_each_visit() {
     assert_eq!(q.offer(12, 0), QuotaDecision::Pass);
     assert_eq!(q.offer(12, 0), QuotaDecision::Drop);
     assert_eq!(q.offer(12, 5), QuotaDecision::Drop); // unknown filter
+    // Everything since the engine started, over all visits; then the tally restarts.
+    let t = q.take_counts();
+    assert_eq!((t.matched[0], t.passed[0]), (12, 5));
+    assert_eq!((t.matched[1], t.passed[1]), (1, 0));
+    assert_eq!(q.take_counts().matched, [0, 0]);
+}
+
+#[test]
+fn filter_metrics_count_matches_and_quota_drops_per_filter() {
+    let m = CostModel::default();
+    let set = FilterSet::new(vec![
+        Filter::new("me", "metrics_a", "TRUE", 1, None, &m).expect("valid"),
+        Filter::new("me", "metrics_b", "TRUE", 5, None, &m).expect("valid"),
+    ])
+    .expect("unique");
+    let mut q = set.quota_engine();
+    for _ in 0..3 {
+        q.offer(1, 0);
+        q.offer(1, 1);
+    }
+    crate::metrics::record_filter_counts(&set, &q.take_counts());
+    let get = |c: &prometheus::IntCounterVec, f: &str| c.with_label_values(&[f]).get();
+    assert_eq!(get(&crate::metrics::FILTER_MATCHES_TOTAL, "metrics_a"), 3);
+    assert_eq!(get(&crate::metrics::FILTER_QUOTA_DROPS_TOTAL, "metrics_a"), 2);
+    assert_eq!(get(&crate::metrics::FILTER_MATCHES_TOTAL, "metrics_b"), 3);
+    assert_eq!(get(&crate::metrics::FILTER_QUOTA_DROPS_TOTAL, "metrics_b"), 0);
 }
 
 // ---- property tests -------------------------------------------------------------
