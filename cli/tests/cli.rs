@@ -224,7 +224,11 @@ fn a_bad_config_file_gets_every_error_with_its_path_in_one_run() {
 fn filter_check_prints_the_cost_or_the_error_with_a_caret() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shipped = repo.join("deploy/filters/new_transients.toml");
-    let out = apflow().args(["filter", "check"]).arg(&shipped).output().unwrap();
+    let out = apflow()
+        .args(["filter", "check"])
+        .arg(&shipped)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(": OK  new_transients"), "{text}");
@@ -245,7 +249,10 @@ fn filter_check_prints_the_cost_or_the_error_with_a_caret() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("bad.toml:5:7: unknown field diaSource.psfFlx"), "{err}");
+    assert!(
+        err.contains("bad.toml:5:7: unknown field diaSource.psfFlx"),
+        "{err}"
+    );
     assert!(err.contains("\n        ^^^^^^^^^^^^^^^^"), "{err}");
 }
 

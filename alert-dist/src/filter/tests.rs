@@ -510,9 +510,15 @@ fn filter_metrics_count_matches_and_quota_drops_per_filter() {
     crate::metrics::record_filter_counts(&set, &q.take_counts());
     let get = |c: &prometheus::IntCounterVec, f: &str| c.with_label_values(&[f]).get();
     assert_eq!(get(&crate::metrics::FILTER_MATCHES_TOTAL, "metrics_a"), 3);
-    assert_eq!(get(&crate::metrics::FILTER_QUOTA_DROPS_TOTAL, "metrics_a"), 2);
+    assert_eq!(
+        get(&crate::metrics::FILTER_QUOTA_DROPS_TOTAL, "metrics_a"),
+        2
+    );
     assert_eq!(get(&crate::metrics::FILTER_MATCHES_TOTAL, "metrics_b"), 3);
-    assert_eq!(get(&crate::metrics::FILTER_QUOTA_DROPS_TOTAL, "metrics_b"), 0);
+    assert_eq!(
+        get(&crate::metrics::FILTER_QUOTA_DROPS_TOTAL, "metrics_b"),
+        0
+    );
 }
 
 // ---- property tests -------------------------------------------------------------

@@ -546,6 +546,14 @@ fn detection(values: &[Val]) -> Detection {
     }
 }
 
+/// A field value as the sparse reader hands it over (integers and booleans are
+/// skipped: the history needs none).
+enum Sparse<'a> {
+    Null,
+    Num(f64),
+    Str(&'a [u8]),
+}
+
 enum DirectError {
     At(usize, &'static str),
     MpcOrbits,
@@ -614,12 +622,42 @@ impl Reader<'_> {
         }
         Ok(())
     }
-    /// An optional array of records; `each` sees every item's values.
-    fn array(
+    /// Reads one record of `plan` keeping only the fields `keep` asks for (by index in
+    /// the plan): no allocation, strings are borrowed.
+    fn sparse_record(
         &mut self,
         plan: &RecordPlan,
-        scratch: &mut [Val],
-        mut each: impl FnMut(&[Val]),
+        mut keep: impl FnMut(usize, Sparse<'_>),
+    ) -> Result<(), DirectError> {
+        for (k, f) in plan.fields.iter().enumerate() {
+            if f.nullable && !self.present()? {
+                keep(k, Sparse::Null);
+                continue;
+            }
+            match f.ty {
+                ColumnType::Long | ColumnType::Int => {
+                    self.long()?;
+                }
+                ColumnType::Double => keep(k, Sparse::Num(f64::from_le_bytes(self.fixed()?))),
+                ColumnType::Float => {
+                    keep(k, Sparse::Num(f64::from(f32::from_le_bytes(self.fixed()?))))
+                }
+                ColumnType::Boolean => {
+                    self.fixed::<1>()?;
+                }
+                _ => {
+                    let b = self.bytes()?;
+                    keep(k, Sparse::Str(b));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An optional array: `item` reads each item.
+    fn items(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<(), DirectError>,
     ) -> Result<(), DirectError> {
         if !self.present()? {
             return Ok(());
@@ -634,8 +672,7 @@ impl Reader<'_> {
                 self.long()?; // block size in bytes
             }
             for _ in 0..n {
-                self.record(plan, scratch)?;
-                each(scratch);
+                item(self)?;
             }
         }
     }
@@ -655,15 +692,35 @@ fn decode_body(body: &[u8]) -> Result<AlertView, DirectError> {
         };
     }
     r.record(&s.dia_source, &mut v.values[t.dia_source..])?;
-    let mut scratch = vec![Val::Null; s.dia_source.fields.len()];
+    let (mjd, band, flux) = (
+        t.mjd - t.dia_source,
+        t.band - t.dia_source,
+        t.psf_flux - t.dia_source,
+    );
     let mut history = Vec::new();
-    r.array(&s.dia_source, &mut scratch, |x| history.push(detection(x)))?;
+    let num = |x: f64| (!x.is_nan()).then_some(x);
+    r.items(|r| {
+        let mut d = Detection {
+            mjd: None,
+            band: None,
+            psf_flux: None,
+        };
+        r.sparse_record(&s.dia_source, |k, x| match x {
+            Sparse::Num(x) if k == mjd => d.mjd = num(x),
+            Sparse::Num(x) if k == flux => d.psf_flux = num(x),
+            Sparse::Str(b) if k == band => {
+                d.band = std::str::from_utf8(b).ok().and_then(band_index)
+            }
+            _ => {}
+        })?;
+        history.push(d);
+        Ok(())
+    })?;
     if history.len() > MAX_HISTORY {
         history.drain(..history.len() - MAX_HISTORY);
     }
     v.history = history;
-    let mut scratch = vec![Val::Null; s.dia_forced_source.fields.len()];
-    r.array(&s.dia_forced_source, &mut scratch, |_| {})?;
+    r.items(|r| r.sparse_record(&s.dia_forced_source, |_, _| {}))?;
     if r.present()? {
         r.record(&s.dia_object, &mut v.values[t.dia_object..])?;
     }
