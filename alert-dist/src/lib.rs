@@ -7,6 +7,7 @@
 //!   (`apflow_apdb::schema`) and readable with Rubin's `lsst.v11_0` as reader schema.
 //! * [`coords`] — ecliptic and Galactic coordinates for `ssSource`.
 //! * [`synth`] — fixed-seed synthetic alert inputs for tests, benches and checks.
+//! * [`filter`] — the filter language, filter files, the per-visit quota.
 //! * [`thumb`] — zscale + asinh stretch for cutout thumbnails.
 //! * [`fits`] — cutouts as in-memory FITS files (flux in nJy, variance, mask, local
 //!   WCS, PSF).
@@ -26,6 +27,7 @@
 pub mod archive;
 pub mod bench;
 pub mod coords;
+pub mod filter;
 pub mod fits;
 pub mod ledger;
 pub mod metrics;

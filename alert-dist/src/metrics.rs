@@ -65,6 +65,46 @@ pub static ARCHIVED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Alerts that matched a filter, per filter name (before the quota).
+pub static FILTER_MATCHES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new(
+            "apflow_filter_matches_total",
+            "Alerts that matched a filter, per filter, before its per-visit quota."
+        ),
+        &["filter"]
+    )
+    .expect("metric names are unique")
+});
+/// Matches dropped by a filter's per-visit quota (or a closed visit), per filter name.
+pub static FILTER_QUOTA_DROPS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new(
+            "apflow_filter_quota_drops_total",
+            "Filter matches dropped by the filter's per-visit quota, per filter."
+        ),
+        &["filter"]
+    )
+    .expect("metric names are unique")
+});
+
+/// Adds one batch's counts ([`crate::filter::QuotaEngine::take_counts`]) of the filters
+/// of `set` to [`FILTER_MATCHES_TOTAL`] and [`FILTER_QUOTA_DROPS_TOTAL`].
+pub fn record_filter_counts(set: &crate::filter::FilterSet, counts: &crate::filter::VisitCounts) {
+    for (i, f) in set.filters().iter().enumerate() {
+        let (m, p) = (
+            counts.matched.get(i).copied().unwrap_or(0),
+            counts.passed.get(i).copied().unwrap_or(0),
+        );
+        FILTER_MATCHES_TOTAL
+            .with_label_values(&[f.name.as_str()])
+            .inc_by(m);
+        FILTER_QUOTA_DROPS_TOTAL
+            .with_label_values(&[f.name.as_str()])
+            .inc_by(m.saturating_sub(p));
+    }
+}
+
 /// Exports every alert-distribution series (at zero) before first use.
 pub fn register() {
     LazyLock::force(&SENT_TOTAL);

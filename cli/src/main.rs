@@ -50,6 +50,9 @@ enum Command {
     /// Inspect alert packets.
     #[command(subcommand)]
     Alert(cmd::alert::AlertCommand),
+    /// Check filter files of the filtered alert streams.
+    #[command(subcommand)]
+    Filter(cmd::filter::FilterCommand),
     /// Read the alert archive.
     #[command(subcommand)]
     Archive(cmd::archive::ArchiveCommand),
@@ -87,6 +90,11 @@ fn main() -> ExitCode {
         Command::Archive(c) => cmd::archive::run(c),
         Command::Replay(a) => runtime().and_then(|rt| rt.block_on(cmd::replay::run(a, &config))),
         Command::Report(a) => cmd::replay::run_report(a),
+        Command::Filter(c) => match cmd::filter::run(c) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Bench(b) => runtime().and_then(|rt| rt.block_on(cmd::bench::run(b, &config))),
     };
     match result {

@@ -242,6 +242,42 @@ fn a_bad_config_file_gets_every_error_with_its_path_in_one_run() {
 }
 
 #[test]
+fn filter_check_prints_the_cost_or_the_error_with_a_caret() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = repo.join("deploy/filters/new_transients.toml");
+    let out = apflow()
+        .args(["filter", "check"])
+        .arg(&shipped)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(": OK  new_transients"), "{text}");
+    assert!(text.contains("cost 1026 of 10000"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "owner = \"me\"\nname = \"bad\"\nexpression = '''\ndiaSource.snr > 5\n  AND diaSource.psfFlx > 0\n'''\n",
+    )
+    .unwrap();
+    let out = apflow()
+        .args(["filter", "check"])
+        .arg(&shipped)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.toml:5:7: unknown field diaSource.psfFlx"),
+        "{err}"
+    );
+    assert!(err.contains("\n        ^^^^^^^^^^^^^^^^"), "{err}");
+}
+
+#[test]
 fn config_show_masks_secrets_and_applies_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("apflow.toml");

@@ -51,6 +51,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         distinct: usize,
     },
+    /// Filters: N realistic filters (the deploy/filters set plus fixed-seed variants)
+    /// over the decoded alerts of one synthetic visit on one thread; decoding (direct
+    /// and apache-avro) and compilation reported separately.
+    Filters {
+        /// Alerts in the visit (Rubin's peak: 40,000).
+        #[arg(long, default_value_t = 40_000)]
+        alerts: usize,
+        /// Filters (the figure: 100).
+        #[arg(long, default_value_t = 100)]
+        filters: usize,
+        /// Alerts decoded with apache-avro for the reference decode rate.
+        #[arg(long, default_value_t = 2_000)]
+        avro_sample: usize,
+        /// Timed evaluation passes (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Run the science core (ISR → measured, scored DiaSources) on simulated detectors
     /// of the typical profile and report per-stage times (median over repeats, one
     /// thread) and the throughput with several detectors at once.
@@ -113,6 +130,17 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || bench_alerts_serialize(alerts, distinct.max(1)))
                 .await?
         }
+        BenchCommand::Filters {
+            alerts,
+            filters,
+            avro_sample,
+            repeats,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                bench_filters(alerts, filters, avro_sample, repeats.max(1))
+            })
+            .await?
+        }
         BenchCommand::Detector {
             size,
             repeats,
@@ -128,6 +156,115 @@ pub async fn run(cmd: BenchCommand, config: &AppConfig) -> anyhow::Result<()> {
             .await?
         }
     }
+}
+
+/// `apflow bench filters`: see [`BenchCommand::Filters`].
+fn bench_filters(
+    n: usize,
+    n_filters: usize,
+    avro_sample: usize,
+    repeats: usize,
+) -> anyhow::Result<()> {
+    use apflow_alert_dist::filter::{AlertView, bench};
+    let t = Instant::now();
+    let w = bench::workload(42, n, n_filters, 30).map_err(anyhow::Error::msg)?;
+    let bytes: usize = w.framed.iter().map(Vec::len).sum();
+    println!(
+        "workload: {} alerts ({:.1} MB framed, 30x30 cutouts, 10 previous DiaSources), {} filters, built in {:.1} s",
+        w.framed.len(),
+        bytes as f64 / 1e6,
+        w.set.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let costs: Vec<u64> = w.set.filters().iter().map(|f| f.condition.cost()).collect();
+    println!(
+        "filter costs: min {}, max {}, limit {}",
+        costs.iter().min().unwrap_or(&0),
+        costs.iter().max().unwrap_or(&0),
+        apflow_alert_dist::filter::DEFAULT_MAX_COST
+    );
+
+    let t = Instant::now();
+    let views = w
+        .framed
+        .iter()
+        .map(|b| AlertView::decode_framed(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let direct = t.elapsed().as_secs_f64();
+    println!(
+        "decode (direct reader):   {:>8.3} s  {:>10.0} alerts/s  {:>7.1} MB/s",
+        direct,
+        views.len() as f64 / direct,
+        bytes as f64 / 1e6 / direct
+    );
+    let sample = &w.framed[..avro_sample.min(w.framed.len())];
+    if !sample.is_empty() {
+        let t = Instant::now();
+        for b in sample {
+            let d = apflow_alert_dist::packet::decode_framed(b)?;
+            std::hint::black_box(AlertView::from_avro(&d.value)?);
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "decode (apache-avro):     {:>8.3} s  {:>10.0} alerts/s  (on {} alerts)",
+            s,
+            sample.len() as f64 / s,
+            sample.len()
+        );
+    }
+
+    let mut times = Vec::with_capacity(repeats);
+    let mut counts = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        counts = bench::evaluate(&w.set, std::hint::black_box(&views));
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let med = super::quantile(&times, 0.5);
+    let evals = (views.len() * w.set.len()) as f64;
+    println!(
+        "evaluate (compiled):      {:>8.3} s  for {} filters x {} alerts = {:.1} M evaluations, {:.0} ns each (median of {repeats}; goal <= 1 s)",
+        med,
+        w.set.len(),
+        views.len(),
+        evals / 1e6,
+        med / evals * 1e9
+    );
+    let t = Instant::now();
+    let mut steps = 0u64;
+    let sub = &views[..views.len().min(2_000)];
+    for v in sub {
+        for f in w.set.filters() {
+            std::hint::black_box(f.condition.interpret(v, &mut steps));
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "evaluate (interpreter):   {:>8.3} s  for {} alerts, {:.0} ns each (reference, not the fast path)",
+        s,
+        sub.len(),
+        s / (sub.len() * w.set.len()) as f64 * 1e9
+    );
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "matches per filter: min {}, median {}, max {} of {} alerts; deploy set: {}",
+        q(0.0),
+        q(0.5),
+        q(1.0),
+        views.len(),
+        w.set
+            .filters()
+            .iter()
+            .zip(&counts)
+            .take(bench::DEPLOY_FILTERS.len())
+            .map(|(f, c)| format!("{} {c}", f.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }
 
 /// Serialisation alone: `n` alerts through one [`AlertEncoder`] on this thread, each

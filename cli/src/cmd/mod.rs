@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bench_alerts;
 pub mod config;
 pub mod diffim;
+pub mod filter;
 pub mod ingest;
 pub mod replay;
 pub mod run;
