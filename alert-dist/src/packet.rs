@@ -655,8 +655,8 @@ pub fn decode_framed(msg: &[u8]) -> Result<DecodedAlert, PacketError> {
     if id != SCHEMA_ID {
         return Err(PacketError::UnknownSchema(id));
     }
-    let writer = schema::parsed_writer_schema().map_err(|e| PacketError::Decode(e.to_string()))?;
-    let value = apache_avro::reader::datum::GenericDatumReader::builder(&writer)
+    let writer = schema::cached_writer_schema().map_err(PacketError::Decode)?;
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(writer)
         .build()
         .and_then(|r| r.read_value(&mut body))
         .map_err(|e| PacketError::Decode(e.to_string()))?;

@@ -501,6 +501,14 @@ pub fn parsed_writer_schema() -> Result<apache_avro::Schema, apache_avro::Error>
     apache_avro::Schema::parse_str(&alert_schema().json)
 }
 
+/// [`parsed_writer_schema`] parsed once per process: decoders take it per alert
+/// (parsing the schema again per alert cost milliseconds each).
+pub fn cached_writer_schema() -> Result<&'static apache_avro::Schema, String> {
+    static PARSED: std::sync::LazyLock<Result<apache_avro::Schema, String>> =
+        std::sync::LazyLock::new(|| parsed_writer_schema().map_err(|e| e.to_string()));
+    PARSED.as_ref().map_err(Clone::clone)
+}
+
 /// Rubin's `lsst.v11_0.alert` parsed with its referenced named types, for use as the
 /// reader schema: `(alert, all named schemas)`.
 pub fn rubin_reader_schema()

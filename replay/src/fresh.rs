@@ -32,20 +32,18 @@
 //!
 //! # Re-encoding
 //! The packet is unframed ([`apflow_alert_dist::wire::unframe`]) and decoded with the
-//! writer schema ([`apflow_alert_dist::schema::parsed_writer_schema`]) into an
+//! writer schema ([`apflow_alert_dist::schema::cached_writer_schema`]) into an
 //! apache-avro `Value`, exactly as [`apflow_alert_dist::packet::decode_framed`] does
 //! but with a reader and a writer built once per [`FreshIds`] (the schema parsed once
 //! per process): `decode_framed` parses the schema on every call, which made a
 //! re-encoded alert cost milliseconds. The ids are rewritten, the value encoded again
 //! with the same schema and framed under the same schema id (1100).
 
-use std::sync::LazyLock;
-
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apflow_alert_dist::producer::FramedAlert;
-use apflow_alert_dist::schema::{SCHEMA_ID, parsed_writer_schema};
+use apflow_alert_dist::schema::{SCHEMA_ID, cached_writer_schema};
 use apflow_alert_dist::wire;
 use apflow_core::ids::{DiaSourceId, MAX_GENERATION};
 use bytes::Bytes;
@@ -88,10 +86,6 @@ pub enum FreshIdError {
     Encode(String),
 }
 
-/// apflow's writer schema, parsed once.
-static WRITER_SCHEMA: LazyLock<Result<apache_avro::Schema, String>> =
-    LazyLock::new(|| parsed_writer_schema().map_err(|e| e.to_string()));
-
 /// The fresh-id map of one replay generation, with a reader and a writer of apflow's
 /// writer schema.
 pub struct FreshIds {
@@ -114,9 +108,7 @@ impl FreshIds {
         if generation == 0 || generation > MAX_GENERATION {
             return Err(FreshIdError::Generation(generation));
         }
-        let schema = WRITER_SCHEMA
-            .as_ref()
-            .map_err(|e| FreshIdError::Encode(e.clone()))?;
+        let schema = cached_writer_schema().map_err(FreshIdError::Encode)?;
         let reader = GenericDatumReader::builder(schema)
             .build()
             .map_err(|e| FreshIdError::Decode(e.to_string()))?;

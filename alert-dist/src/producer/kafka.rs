@@ -78,8 +78,8 @@ impl std::fmt::Debug for AlertProducer {
 
 /// The librdkafka settings of an alert producer: the bus's connection and security,
 /// then idempotence, acknowledgements, compression, batching and timeouts, then the
-/// configured overrides (shared with the benchmark's bare producer).
-pub(crate) fn client_config(
+/// configured overrides (shared with the benchmark's bare producer and replay's sink).
+pub fn client_config(
     brokers: &str,
     kafka: &KafkaConfig,
     config: &ProducerConfig,

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use apflow_alert_dist::producer::{FramedAlert, ProducerConfig};
-use apflow_core::bus::kafka::{base_config, create_topics, ms};
+use apflow_alert_dist::producer::{FramedAlert, ProducerConfig, client_config};
+use apflow_core::bus::kafka::create_topics;
 use apflow_core::bus::{KafkaConfig, TopicSpec};
 use apflow_core::ids::{DetectorId, VisitId};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -38,18 +38,9 @@ impl KafkaSink {
         topic: &str,
         generation: u8,
     ) -> Result<Self, SinkError> {
-        let mut c = base_config(brokers, kafka).map_err(|e| SinkError::Config(e.to_string()))?;
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", config.compression.as_str())
-            .set("linger.ms", ms(config.linger))
-            .set("batch.num.messages", config.batch_num_messages.to_string())
-            .set("batch.size", config.batch_size.to_string())
-            .set("message.max.bytes", config.message_max_bytes.to_string())
-            .set("message.timeout.ms", ms(config.message_timeout));
-        for (k, v) in &config.librdkafka {
-            c.set(k, v);
-        }
+        // The alert producer's settings: idempotent, acks=all, batching, compression.
+        let c =
+            client_config(brokers, kafka, config).map_err(|e| SinkError::Config(e.to_string()))?;
         let producer: FutureProducer = c.create().map_err(|e| SinkError::Config(e.to_string()))?;
         Ok(Self {
             producer,
