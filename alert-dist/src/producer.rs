@@ -205,6 +205,11 @@ impl VisitTally {
         }
     }
 
+    /// Alerts of the detectors done so far.
+    pub fn alerts(&self) -> u64 {
+        self.alerts
+    }
+
     /// True when every expected detector is done or failed.
     pub fn is_complete(&self) -> bool {
         self.done.len() + self.failed.len() >= self.expected as usize

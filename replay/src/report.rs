@@ -10,6 +10,7 @@
 //!   last alert of the detector leaving the pipeline, to be compared with Rubin's
 //!   60 s budget for alert distribution (the Science Requirements Document, LPM-17:
 //!   OTT1 = 1 minute). Without an archive, the counts come from the records' `n_alerts`.
+//!   Records of another night than the one reported on are left out.
 //!
 //! # Outputs ([`write_report`])
 //! * `summary.json`: the whole [`NightReport`].
@@ -254,6 +255,32 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Seconds per stage over many detectors, stages in the order first seen.
+#[derive(Debug, Default)]
+pub struct StageTimes(Vec<(String, Vec<f64>)>);
+
+impl StageTimes {
+    /// Adds one detector's seconds in `stage`.
+    pub fn add(&mut self, stage: &str, seconds: f64) {
+        match self.0.iter_mut().find(|(s, _)| s == stage) {
+            Some((_, v)) => v.push(seconds),
+            None => self.0.push((stage.to_string(), vec![seconds])),
+        }
+    }
+
+    /// The median seconds of each stage, in order.
+    pub fn medians(&self) -> Vec<(&str, f64)> {
+        self.0
+            .iter()
+            .map(|(s, v)| {
+                let mut v = v.clone();
+                v.sort_by(f64::total_cmp);
+                (s.as_str(), quantile(&v, 0.5))
+            })
+            .collect()
+    }
+}
+
 /// Builds the report from a night of the archive and/or detector records. Counts come
 /// from the night when given, else from the records.
 pub fn build_report(night: Option<&Night>, records: &[DetectorRecord]) -> NightReport {
@@ -337,13 +364,10 @@ fn latency_report(records: &[DetectorRecord]) -> Option<LatencyReport> {
         let i = ((l.max(0.0) / bin_width_s) as usize).min(HISTOGRAM_BINS - 1);
         counts[i] += 1;
     }
-    let mut stages: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut stages = StageTimes::default();
     for r in records {
         for (name, s) in &r.stages {
-            match stages.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => v.push(*s),
-                None => stages.push((name.clone(), vec![*s])),
-            }
+            stages.add(name, *s);
         }
     }
     Some(LatencyReport {
@@ -357,11 +381,9 @@ fn latency_report(records: &[DetectorRecord]) -> Option<LatencyReport> {
         within_budget: within as f64 / lat.len() as f64,
         over_budget: lat.len() - within,
         stage_medians_s: stages
+            .medians()
             .into_iter()
-            .map(|(n, mut v)| {
-                v.sort_by(f64::total_cmp);
-                (n, quantile(&v, 0.5))
-            })
+            .map(|(n, m)| (n.to_owned(), m))
             .collect(),
         histogram: Histogram {
             bin_width_s,
@@ -493,14 +515,19 @@ pub fn night_report(
     if archive.is_none() && records.is_none() {
         return Err(ReportError::NoInput);
     }
+    let night_arg = night;
     let night = match archive {
         Some(a) => Some(load_night(a, pick_night(a, night)?)?),
         None => None,
     };
-    let records = match records {
+    let mut records = match records {
         Some(p) => read_records(p)?,
         None => Vec::new(),
     };
+    // One night: the records of the night reported on (a records file may hold others).
+    if let Some(day_obs) = night.as_ref().map(|n| n.day_obs).or(night_arg) {
+        records.retain(|r| r.visit.day_obs() == day_obs);
+    }
     let report = build_report(night.as_ref(), &records);
     let files = write_report(&report, out_dir)?;
     Ok((report, files))

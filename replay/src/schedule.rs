@@ -94,15 +94,16 @@ impl Pacing {
 
     /// Parses `--cadence`: a human-readable duration (`37s`, `1m 5s`, `500ms`).
     pub fn cadence(s: &str) -> Result<Self, ScheduleError> {
-        match humantime_parse(s) {
+        match parse_duration(s) {
             Some(every) if !every.is_zero() => Ok(Self::Cadence { every }),
             _ => Err(ScheduleError::Cadence(s.to_string())),
         }
     }
 }
 
-fn humantime_parse(s: &str) -> Option<Duration> {
-    // Plain seconds are accepted too ("37").
+/// A duration as `37s`, `1m 30s`, `500ms` or plain seconds (`37`, `2.5`); `None` when
+/// it is none of these (or negative).
+pub fn parse_duration(s: &str) -> Option<Duration> {
     if let Ok(x) = s.trim().parse::<f64>() {
         return (x.is_finite() && x >= 0.0).then(|| Duration::from_secs_f64(x));
     }

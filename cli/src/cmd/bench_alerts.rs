@@ -21,8 +21,7 @@ pub struct AlertsProduceArgs {
     /// Partitions of each benchmark topic.
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
-    /// Broker (`host:port`); default: the bus URL when it is kafka://, else
-    /// APFLOW_TEST_KAFKA_BROKERS.
+    /// Broker (`host:port`); default: the bus URL when it is kafka://.
     #[arg(long)]
     pub brokers: Option<String>,
     /// Skip the bare-rdkafka baseline.
@@ -44,8 +43,7 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
         Some(b) => b,
         None => config
             .bus
-            .url
-            .strip_prefix("kafka://")
+            .kafka_brokers()
             .map(str::to_owned)
             .ok_or_else(|| {
                 anyhow::anyhow!("no broker: pass --brokers or set APFLOW__BUS__URL=kafka://…")
@@ -80,7 +78,7 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
             topic_template: format!("bench-alerts-{nanos}-{}-v{{major}}", c.as_str()),
             partitions: args.partitions,
             compression: c,
-            ..ProducerConfig::default()
+            ..config.producer.clone()
         };
         let ours = produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?;
         let base = if args.no_baseline {

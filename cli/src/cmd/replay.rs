@@ -15,7 +15,7 @@ use apflow_replay::fresh::FreshIds;
 use apflow_replay::night::{load_night, pick_night};
 use apflow_replay::player::{ReplaySummary, replay};
 use apflow_replay::report::night_report;
-use apflow_replay::schedule::{Pacing, Schedule, ScheduleOptions, parse_time};
+use apflow_replay::schedule::{Pacing, Schedule, ScheduleOptions, parse_duration, parse_time};
 use apflow_replay::sink::{AnySink, DirSink};
 use clap::Args;
 
@@ -69,12 +69,12 @@ pub struct ReplayArgs {
     /// Produce to Kafka (`host:port[,…]`; needs the `kafka` feature).
     #[arg(long)]
     pub brokers: Option<String>,
-    /// Topic to produce to (default: the alert producer's, `alerts-v11`).
+    /// Topic to produce to (default: the alert producer's, `[producer] topic_template`).
     #[arg(long)]
     pub topic: Option<String>,
-    /// Partitions of the topic when it is created.
-    #[arg(long, default_value_t = 8)]
-    pub partitions: i32,
+    /// Partitions of the topic when it is created (default: `[producer] partitions`).
+    #[arg(long)]
+    pub partitions: Option<i32>,
 }
 
 /// `apflow report` arguments.
@@ -99,7 +99,7 @@ fn options(args: &ReplayArgs) -> anyhow::Result<ScheduleOptions> {
         Some(c) => Pacing::cadence(c)?,
         None => Pacing::speed(&args.speed)?,
     };
-    let spread = humantime::parse_duration(&args.detector_spread)
+    let spread = parse_duration(&args.detector_spread)
         .with_context(|| format!("--detector-spread {:?}", args.detector_spread))?;
     Ok(ScheduleOptions {
         pacing,
@@ -204,12 +204,17 @@ async fn kafka_sink_for(
     generation: u8,
     config: &AppConfig,
 ) -> anyhow::Result<AnySink> {
-    use apflow_alert_dist::producer::ProducerConfig;
+    use apflow_alert_dist::schema::SCHEMA_ID;
     use apflow_replay::sink::KafkaSink;
-    let producer = ProducerConfig::default();
-    let topic = args.topic.clone().unwrap_or_else(|| producer.topic(11));
-    KafkaSink::ensure_topic(brokers, &config.bus.kafka, &topic, args.partitions).await?;
-    let sink = KafkaSink::new(brokers, &config.bus.kafka, &producer, &topic, generation)?;
+    // The alert producer's settings ([producer]): compression, batching, overrides.
+    let producer = &config.producer;
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| producer.topic(SCHEMA_ID / 100));
+    let partitions = args.partitions.unwrap_or(producer.partitions);
+    KafkaSink::ensure_topic(brokers, &config.bus.kafka, &topic, partitions).await?;
+    let sink = KafkaSink::new(brokers, &config.bus.kafka, producer, &topic, generation)?;
     tokio::task::block_in_place(|| sink.connect(std::time::Duration::from_secs(30)))?;
     Ok(AnySink::Kafka(sink))
 }

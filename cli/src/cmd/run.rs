@@ -152,11 +152,10 @@ struct DetectorOutcome {
     alerts_refused: usize,
     /// Alerts the archive already held (a rerun of the detector): not written again.
     alerts_already_archived: usize,
-    /// End of readout → the detector's alerts archived, seconds.
-    alert_latency: f64,
     /// End of readout (last snap).
     readout_end: chrono::DateTime<Utc>,
-    /// The detector's alerts archived (and published, on Kafka).
+    /// The detector's alerts archived (and published, on Kafka); minus `readout_end`,
+    /// the alert latency.
     alerts_done: chrono::DateTime<Utc>,
     timings: Vec<StageTiming>,
 }
@@ -168,8 +167,8 @@ struct Processed {
     failed: Vec<DeadLetter>,
     /// Detectors per visit.
     per_visit: u32,
-    /// Each visit's tally, and whether its `VisitComplete` is published.
-    visits: HashMap<VisitId, (VisitTally, bool)>,
+    /// Each visit's tally; its `VisitComplete` is published when it completes.
+    visits: HashMap<VisitId, VisitTally>,
 }
 
 impl Processed {
@@ -196,15 +195,16 @@ impl Processed {
         report: Option<&DetectorReport>,
     ) -> anyhow::Result<()> {
         let per_visit = self.per_visit;
-        let (tally, published) = self
+        let tally = self
             .visits
             .entry(visit)
-            .or_insert_with(|| (VisitTally::new(visit, per_visit), false));
+            .or_insert_with(|| VisitTally::new(visit, per_visit));
+        let was_complete = tally.is_complete();
         match report {
             Some(r) => tally.done(detector, r),
             None => tally.failed(detector),
         }
-        if tally.is_complete() && !*published {
+        if !was_complete && tally.is_complete() {
             let event = tally.event(Utc::now());
             publisher.publish(&event).await?;
             tracing::info!(
@@ -214,7 +214,6 @@ impl Processed {
                 detectors_failed = event.detectors_failed.len(),
                 "Visit complete."
             );
-            *published = true;
         }
         Ok(())
     }
@@ -223,10 +222,8 @@ impl Processed {
     fn visits_complete(&self) -> (usize, u64) {
         self.visits
             .values()
-            .filter(|(_, published)| *published)
-            .fold((0, 0), |(n, a), (t, _)| {
-                (n + 1, a + t.event(Utc::now()).n_alerts)
-            })
+            .filter(|t| t.is_complete())
+            .fold((0, 0), |(n, a), t| (n + 1, a + t.alerts()))
     }
 }
 
@@ -254,13 +251,16 @@ fn file_path(uri: &str) -> PathBuf {
 /// The process stage: gathers each detector's snaps from `RawImageReady`, runs the
 /// science core and the association stage on them (at most `workers` at once),
 /// publishes `DetectorProcessed` or a dead letter, and acknowledges the snaps only
-/// then (at-least-once). Ends when `expected` detectors (sent once known) are done.
+/// then (at-least-once). Detectors ingest refused a snap of (`refused`, sent as they
+/// are refused) count as failed in their visit's tally. Ends when `expected` detectors
+/// (sent once known) are done.
 async fn process(
     stage: Arc<Stage>,
     snaps: usize,
     workers: usize,
     per_visit: u32,
     mut expected: watch::Receiver<Option<usize>>,
+    mut refused: tokio::sync::mpsc::UnboundedReceiver<(VisitId, DetectorId)>,
     bar: indicatif::ProgressBar,
 ) -> anyhow::Result<Processed> {
     let mut raw =
@@ -319,8 +319,15 @@ async fn process(
                     }
                 }
             }
+            Some((v, d)) = refused.recv() => {
+                out.tally(&stage.publisher, v, d, None).await?;
+            }
             _ = expected.changed() => {}
         }
+    }
+    // Every refusal was sent before `expected` was: any left are taken now.
+    while let Ok((v, d)) = refused.try_recv() {
+        out.tally(&stage.publisher, v, d, None).await?;
     }
     raw.close(Duration::from_secs(5)).await;
     Ok(out)
@@ -445,6 +452,35 @@ async fn publish_alerts(
     Ok(None)
 }
 
+/// Refuses a detector: publishes `letter` and a failed `DetectorProcessed` naming
+/// `failed_stage`; returns the letter.
+async fn refuse(
+    stage: &Stage,
+    first: &RawImageReady,
+    readout_end: chrono::DateTime<Utc>,
+    letter: DeadLetter,
+    failed_stage: String,
+) -> anyhow::Result<DeadLetter> {
+    stage.publisher.dead_letter(&letter).await?;
+    stage
+        .publisher
+        .publish(&DetectorProcessed {
+            visit: first.visit,
+            detector: first.detector,
+            status: DetectorStatus::Failed {
+                stage: failed_stage,
+                class: letter.class,
+                reason: letter.reason.clone(),
+            },
+            counts: DetectorCounts::default(),
+            timings: Vec::new(),
+            readout_end,
+            finished_at: Utc::now(),
+        })
+        .await?;
+    Ok(letter)
+}
+
 /// Runs the science core and the association stage on one detector's snaps and
 /// publishes the outcome: `Ok(Err(letter))` when a stage refused it.
 async fn process_detector(
@@ -461,19 +497,6 @@ async fn process_detector(
     let started = Instant::now();
     let stage_ctx = stage.ctx.clone();
     let science = tokio::task::spawn_blocking(move || stage_ctx.process_files(&paths)).await?;
-    let failed = |letter: DeadLetter, failed_stage: String| DetectorProcessed {
-        visit: first.visit,
-        detector: first.detector,
-        status: DetectorStatus::Failed {
-            stage: failed_stage,
-            class: letter.class,
-            reason: letter.reason.clone(),
-        },
-        counts: DetectorCounts::default(),
-        timings: Vec::new(),
-        readout_end,
-        finished_at: Utc::now(),
-    };
     let (visit, mut result) = match science {
         Ok(r) => r,
         Err(f) => {
@@ -484,12 +507,14 @@ async fn process_detector(
                 f.to_string(),
                 f.error.class(),
             );
-            stage.publisher.dead_letter(&letter).await?;
-            stage
-                .publisher
-                .publish(&failed(letter.clone(), f.stage.to_string()))
-                .await?;
-            return Ok(Err(letter));
+            return Ok(Err(refuse(
+                stage,
+                first,
+                readout_end,
+                letter,
+                f.stage.to_string(),
+            )
+            .await?));
         }
     };
     let mut timings: Vec<StageTiming> = result
@@ -511,12 +536,14 @@ async fn process_detector(
                 e.to_string(),
                 e.class(),
             );
-            stage.publisher.dead_letter(&letter).await?;
-            stage
-                .publisher
-                .publish(&failed(letter.clone(), "associate".into()))
-                .await?;
-            return Ok(Err(letter));
+            return Ok(Err(refuse(
+                stage,
+                first,
+                readout_end,
+                letter,
+                "associate".into(),
+            )
+            .await?));
         }
     };
     timings.extend([
@@ -586,12 +613,14 @@ async fn process_detector(
                 reason,
                 ErrorClass::Retryable,
             );
-            stage.publisher.dead_letter(&letter).await?;
-            stage
-                .publisher
-                .publish(&failed(letter.clone(), "alerts.publish".into()))
-                .await?;
-            return Ok(Err(letter));
+            return Ok(Err(refuse(
+                stage,
+                first,
+                readout_end,
+                letter,
+                "alerts.publish".into(),
+            )
+            .await?));
         }
     };
     let archive = stage.archive.clone();
@@ -661,7 +690,6 @@ async fn process_detector(
         ss_matched,
         alerts_refused: refused.len(),
         alerts_already_archived: report.duplicates,
-        alert_latency,
         readout_end,
         alerts_done,
         timings,
@@ -750,7 +778,7 @@ async fn alert_producer(
     config: &AppConfig,
     out: &std::path::Path,
 ) -> anyhow::Result<Option<AlertProducer>> {
-    let Some(brokers) = config.bus.url.trim().strip_prefix("kafka://") else {
+    let Some(brokers) = config.bus.kafka_brokers() else {
         return Ok(None);
     };
     let ledger = Arc::new(Ledger::open(&out.join("alerts-ledger.sqlite"))?);
@@ -910,12 +938,14 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let pbar = bars.add(progress_bar());
     pbar.set_length(n_detectors as u64);
     pbar.set_message("processed");
+    let (refused_tx, refused_rx) = tokio::sync::mpsc::unbounded_channel();
     let processing = tokio::spawn(process(
         stage,
         usize::from(snaps),
         workers,
         detectors.len() as u32,
         detectors_rx,
+        refused_rx,
         pbar.clone(),
     ));
 
@@ -937,13 +967,23 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             band = plan.band.as_str(),
             "Visit started."
         );
+        let plan_visit = plan.visit;
         for &d in &detectors {
             for snap in 0..snaps {
                 let permit = limit.clone().acquire_owned().await?;
-                let (night, publisher, out, bar) =
-                    (night.clone(), publisher.clone(), out.clone(), bar.clone());
+                let (night, publisher, out, bar, refused_tx) = (
+                    night.clone(),
+                    publisher.clone(),
+                    out.clone(),
+                    bar.clone(),
+                    refused_tx.clone(),
+                );
                 tasks.spawn(async move {
                     let r = read_out(night, publisher, out, i, d, snap).await;
+                    if let Ok((_, Some(_))) = &r {
+                        // The process stage closes the visit's tally without it.
+                        let _ = refused_tx.send((plan_visit, d));
+                    }
                     bar.inc(1);
                     drop(permit);
                     r
@@ -972,14 +1012,8 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let (latencies, bytes) = tokio::time::timeout(Duration::from_secs(120), accounting)
         .await
         .map_err(|_| anyhow::anyhow!("accounting did not see every image within 120 s"))???;
-    let mut processed = processing.await??;
+    let processed = processing.await??;
     pbar.finish_and_clear();
-    // Detectors that ingest refused a snap of never reached processing: failed.
-    for &(v, d) in &refused_detectors {
-        processed
-            .tally(&publisher, VisitId(v), DetectorId(d), None)
-            .await?;
-    }
 
     camera_seconds.sort_by(f64::total_cmp);
     println!("summary");
@@ -1061,7 +1095,11 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         "  visits complete {visits_complete} of {} (VisitComplete published), {visit_alerts} alerts in them",
         night.visits().len()
     );
-    let alert_latencies: Vec<f64> = processed.done.iter().map(|o| o.alert_latency).collect();
+    let alert_latencies: Vec<f64> = processed
+        .done
+        .iter()
+        .map(|o| (o.alerts_done - o.readout_end).as_seconds_f64())
+        .collect();
     println!(
         "  latency         end of readout → a detector's alerts archived: {}",
         super::latency_summary(&alert_latencies)

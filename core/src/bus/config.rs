@@ -34,6 +34,17 @@ impl Default for BusConfig {
     }
 }
 
+impl BusConfig {
+    /// The brokers of a `kafka://host:port[,…]` URL; `None` for another backend (or no
+    /// brokers). [`super::Bus::from_config`] gives the errors.
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.url
+            .trim()
+            .strip_prefix("kafka://")
+            .filter(|b| !b.is_empty())
+    }
+}
+
 /// `[bus.memory]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
