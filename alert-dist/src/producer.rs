@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 #[cfg(feature = "kafka")]
-pub use kafka::{AlertProducer, ProduceError, client_config};
+pub use kafka::{AlertProducer, ProduceError, Sent, client_config, send_framed};
 
 /// One alert ready for the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]

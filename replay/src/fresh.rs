@@ -33,11 +33,9 @@
 //! # Re-encoding
 //! The packet is unframed ([`apflow_alert_dist::wire::unframe`]) and decoded with the
 //! writer schema ([`apflow_alert_dist::schema::cached_writer_schema`]) into an
-//! apache-avro `Value`, exactly as [`apflow_alert_dist::packet::decode_framed`] does
-//! but with a reader and a writer built once per [`FreshIds`] (the schema parsed once
-//! per process): `decode_framed` parses the schema on every call, which made a
-//! re-encoded alert cost milliseconds. The ids are rewritten, the value encoded again
-//! with the same schema and framed under the same schema id (1100).
+//! apache-avro `Value`, as [`apflow_alert_dist::packet::decode_framed`] does but with a
+//! reader and a writer built once per [`FreshIds`]. The ids are rewritten, the value
+//! encoded again with the same schema and framed under the same schema id (1100).
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -148,8 +146,9 @@ impl FreshIds {
             .map_err(|e| bad(e.to_string()))
     }
 
-    /// Rewrites the ids of a decoded alert in place (module docs list the fields).
-    pub fn remap_value(&self, alert: &mut Value) -> Result<(), FreshIdError> {
+    /// Rewrites the ids of a decoded alert in place (module docs list the fields);
+    /// returns the alert's new diaSourceId.
+    pub fn remap_value(&self, alert: &mut Value) -> Result<i64, FreshIdError> {
         let Value::Record(fields) = alert else {
             return Err(FreshIdError::Decode("the alert is not a record".into()));
         };
@@ -207,7 +206,7 @@ impl FreshIds {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(new)
     }
 
     fn source(&self, v: &mut Value, what: &str) -> Result<(), FreshIdError> {
@@ -228,13 +227,23 @@ impl FreshIds {
     /// The alert with fresh ids, re-encoded and framed (schema id 1100 only: the
     /// writer schema apflow knows).
     pub fn remap_framed(&self, framed: &[u8]) -> Result<FramedAlert, FreshIdError> {
-        let (schema_id, mut body) =
+        let (schema_id, body) =
             wire::unframe(framed).map_err(|e| FreshIdError::Decode(e.to_string()))?;
+        self.remap_datum(schema_id, body)
+    }
+
+    /// [`Self::remap_framed`] of an unframed datum written with schema `schema_id`.
+    pub fn remap_datum(
+        &self,
+        schema_id: u32,
+        mut body: &[u8],
+    ) -> Result<FramedAlert, FreshIdError> {
         if schema_id != SCHEMA_ID {
             return Err(FreshIdError::Decode(format!(
                 "schema id {schema_id}: only {SCHEMA_ID} can be re-encoded"
             )));
         }
+        let size = body.len();
         let mut value = self
             .reader
             .read_value(&mut body)
@@ -245,13 +254,8 @@ impl FreshIds {
                 body.len()
             )));
         }
-        self.remap_value(&mut value)?;
-        let Value::Record(fields) = &value else {
-            return Err(FreshIdError::Decode("the alert is not a record".into()));
-        };
-        let id = long_field(fields, "diaSourceId")
-            .ok_or_else(|| FreshIdError::Decode("no diaSourceId".into()))?;
-        let mut out = Vec::with_capacity(framed.len() + 16);
+        let id = self.remap_value(&mut value)?;
+        let mut out = Vec::with_capacity(size + 21);
         wire::put_header(SCHEMA_ID, &mut out);
         self.writer
             .write_value_ref(&mut out, &value)

@@ -104,16 +104,14 @@ pub async fn replay<S: Sink, C: Clock>(
             let burst = &visit.detectors[b.detector_index];
             batch.clear();
             for a in &burst.alerts {
-                let framed = a.framed();
                 batch.push(match fresh {
-                    Some(f) => {
-                        f.remap_framed(&framed.framed)
-                            .map_err(|source| ReplayError::Fresh {
-                                id: a.dia_source_id,
-                                source,
-                            })?
-                    }
-                    None => framed,
+                    Some(f) => f.remap_datum(a.schema_id, &a.datum).map_err(|source| {
+                        ReplayError::Fresh {
+                            id: a.dia_source_id,
+                            source,
+                        }
+                    })?,
+                    None => a.framed(),
                 });
             }
             // The schedule starts when the first burst is ready to go.

@@ -7,14 +7,14 @@ use std::time::Duration;
 use apflow_core::bus::kafka::{base_config, create_topics, ms};
 use apflow_core::bus::{KafkaConfig, TopicSpec};
 use apflow_core::ids::{DetectorId, VisitId};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use thiserror::Error;
 
-use super::{DetectorAlerts, DetectorReport, ProducerConfig};
+use super::{DetectorAlerts, DetectorReport, FramedAlert, ProducerConfig};
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics;
 
@@ -53,6 +53,9 @@ pub enum ProduceError {
         /// The first delivery error.
         reason: String,
     },
+    /// A blocking ledger task panicked or was cancelled (a bug).
+    #[error("alert producer ledger task: {0}")]
+    Task(String),
     /// Waiting for outstanding messages failed.
     #[error("flushing the alert producer: {0}")]
     Flush(String),
@@ -148,7 +151,11 @@ impl AlertProducer {
         &self,
         batch: DetectorAlerts<'_>,
     ) -> Result<DetectorReport, ProduceError> {
-        let already = self.ledger.sent_ids(batch.visit, batch.detector)?;
+        // The ledger is SQLite: off the async workers.
+        let (ledger, visit, detector) = (self.ledger.clone(), batch.visit, batch.detector);
+        let already = tokio::task::spawn_blocking(move || ledger.sent_ids(visit, detector))
+            .await
+            .map_err(|e| ProduceError::Task(e.to_string()))??;
         let todo: Vec<usize> = (0..batch.alerts.len())
             .filter(|&i| !already.contains(&batch.alerts[i].dia_source_id))
             .collect();
@@ -158,108 +165,46 @@ impl AlertProducer {
         };
         metrics::SKIPPED_TOTAL.inc_by(u64::from(report.skipped));
 
-        let mut queue: VecDeque<(usize, u32)> = todo.iter().map(|&i| (i, 0)).collect();
-        let mut pending: VecDeque<(usize, u32, DeliveryFuture)> = VecDeque::new();
-        let mut delivered: Vec<i64> = Vec::with_capacity(todo.len());
-        let mut failed: Vec<String> = Vec::new();
-        let mut latencies: Vec<f64> = Vec::with_capacity(todo.len());
-        let mut keybuf = String::new();
-
-        loop {
-            // Enqueue as much as librdkafka's queue takes.
-            let mut queue_full = false;
-            while let Some(&(i, attempt)) = queue.front() {
-                let alert = &batch.alerts[i];
-                keybuf.clear();
-                use std::fmt::Write;
-                let _ = write!(keybuf, "{}", alert.dia_source_id);
-                let stamp = Utc::now().timestamp_millis().to_string();
-                let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                    key: "producer_timestamp",
-                    value: Some(stamp.as_bytes()),
-                });
-                let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
-                    .key(keybuf.as_bytes())
-                    .payload(&alert.framed[..])
-                    .headers(headers);
-                match self.producer.send_result(record) {
-                    Ok(fut) => {
-                        queue.pop_front();
-                        pending.push_back((i, attempt, fut));
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        queue_full = true;
-                        break;
-                    }
-                    Err((e, _)) => {
-                        // Refused before queueing (too large, bad topic): not retryable.
-                        queue.pop_front();
-                        metrics::DELIVERY_FAILURES_TOTAL
-                            .with_label_values(&["given_up"])
-                            .inc();
-                        failed.push(format!("diaSourceId {}: {e}", alert.dia_source_id));
-                    }
-                }
-            }
-            // Take one delivery report (the oldest), freeing room in the queue.
-            let Some((i, attempt, fut)) = pending.pop_front() else {
-                if queue_full {
-                    // Queue full with nothing of ours pending: other senders fill it.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
-                break;
-            };
-            let alert = &batch.alerts[i];
-            let outcome = match fut.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e.to_string()),
-                Err(_) => Err("the producer was dropped before delivery".to_owned()),
-            };
-            match outcome {
-                Ok(()) => {
-                    delivered.push(alert.dia_source_id);
-                    report.bytes += alert.framed.len() as u64;
-                    let since = Utc::now() - batch.shutter_close;
-                    latencies.push(since.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6);
-                }
-                Err(reason) if attempt < self.config.retries => {
-                    tracing::warn!(
-                        visit = batch.visit.0,
-                        detector = batch.detector.0,
-                        dia_source_id = alert.dia_source_id,
-                        attempt,
-                        %reason,
-                        "Alert delivery failed; retrying."
-                    );
-                    metrics::DELIVERY_FAILURES_TOTAL
-                        .with_label_values(&["retried"])
-                        .inc();
-                    queue.push_back((i, attempt + 1));
-                }
-                Err(reason) => {
-                    metrics::DELIVERY_FAILURES_TOTAL
-                        .with_label_values(&["given_up"])
-                        .inc();
-                    failed.push(format!("diaSourceId {}: {reason}", alert.dia_source_id));
-                }
-            }
-        }
-
-        self.ledger
-            .record_sent(batch.visit, batch.detector, &delivered)?;
+        let total = todo.len();
+        let sent = send_framed(
+            &self.producer,
+            &self.topic,
+            (batch.visit, batch.detector),
+            batch.alerts,
+            todo,
+            &[],
+            self.config.retries,
+        )
+        .await;
+        let delivered: Vec<i64> = sent
+            .delivered
+            .iter()
+            .map(|&(i, _)| batch.alerts[i].dia_source_id)
+            .collect();
+        let ledger = self.ledger.clone();
+        let ids = delivered.clone();
+        tokio::task::spawn_blocking(move || ledger.record_sent(visit, detector, &ids))
+            .await
+            .map_err(|e| ProduceError::Task(e.to_string()))??;
         report.sent = delivered.len() as u32;
+        report.bytes = sent
+            .delivered
+            .iter()
+            .map(|&(i, _)| batch.alerts[i].framed.len() as u64)
+            .sum();
         metrics::SENT_TOTAL.inc_by(delivered.len() as u64);
         metrics::SENT_BYTES_TOTAL.inc_by(report.bytes);
-        for l in latencies {
-            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS.observe(l);
+        for (_, at) in &sent.delivered {
+            let since = *at - batch.shutter_close;
+            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS
+                .observe(since.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6);
         }
-        if let Some(first) = failed.first() {
+        if let Some(first) = sent.failed.first() {
             return Err(ProduceError::Undelivered {
                 visit: batch.visit,
                 detector: batch.detector,
-                failed: failed.len(),
-                total: todo.len(),
+                failed: sent.failed.len(),
+                total,
                 reason: first.clone(),
             });
         }
@@ -279,4 +224,123 @@ impl AlertProducer {
             .flush(timeout)
             .map_err(|e| ProduceError::Flush(e.to_string()))
     }
+}
+
+/// What [`send_framed`] did.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Alerts acknowledged: their index and when the acknowledgement arrived.
+    pub delivered: Vec<(usize, DateTime<Utc>)>,
+    /// One reason per alert given up (refused before queueing, or failed after every
+    /// retry).
+    pub failed: Vec<String>,
+}
+
+/// Sends `alerts[i]` for every `i` in `todo` to `topic` (key = diaSourceId, header
+/// `producer_timestamp`, then `extra_headers`): enqueues as many as librdkafka's queue
+/// takes (backing off while it is full), then awaits the delivery reports oldest first,
+/// re-queueing a failed one up to `retries` times — never a flush per message. Counts
+/// retried and given-up deliveries in the metrics. `(visit, detector)` name the batch
+/// in logs. Shared by [`AlertProducer::send_detector`] and replay's Kafka sink.
+pub async fn send_framed(
+    producer: &FutureProducer,
+    topic: &str,
+    (visit, detector): (VisitId, DetectorId),
+    alerts: &[FramedAlert],
+    todo: Vec<usize>,
+    extra_headers: &[(&str, &[u8])],
+    retries: u32,
+) -> Sent {
+    let mut queue: VecDeque<(usize, u32)> = todo.iter().map(|&i| (i, 0)).collect();
+    let mut pending: VecDeque<(usize, u32, DeliveryFuture)> = VecDeque::new();
+    let mut sent = Sent {
+        delivered: Vec::with_capacity(todo.len()),
+        failed: Vec::new(),
+    };
+    let mut keybuf = String::new();
+    loop {
+        // Enqueue as much as librdkafka's queue takes; one timestamp per pass.
+        let stamp = Utc::now().timestamp_millis().to_string();
+        let mut queue_full = false;
+        while let Some(&(i, attempt)) = queue.front() {
+            let alert = &alerts[i];
+            keybuf.clear();
+            use std::fmt::Write;
+            let _ = write!(keybuf, "{}", alert.dia_source_id);
+            let mut headers =
+                OwnedHeaders::new_with_capacity(1 + extra_headers.len()).insert(Header {
+                    key: "producer_timestamp",
+                    value: Some(stamp.as_bytes()),
+                });
+            for &(key, value) in extra_headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let record = FutureRecord::<[u8], [u8]>::to(topic)
+                .key(keybuf.as_bytes())
+                .payload(&alert.framed[..])
+                .headers(headers);
+            match producer.send_result(record) {
+                Ok(fut) => {
+                    queue.pop_front();
+                    pending.push_back((i, attempt, fut));
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    queue_full = true;
+                    break;
+                }
+                Err((e, _)) => {
+                    // Refused before queueing (too large, bad topic): not retryable.
+                    queue.pop_front();
+                    metrics::DELIVERY_FAILURES_TOTAL
+                        .with_label_values(&["given_up"])
+                        .inc();
+                    sent.failed
+                        .push(format!("diaSourceId {}: {e}", alert.dia_source_id));
+                }
+            }
+        }
+        // Take one delivery report (the oldest), freeing room in the queue.
+        let Some((i, attempt, fut)) = pending.pop_front() else {
+            if queue_full {
+                // Queue full with nothing of ours pending: other senders fill it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            break;
+        };
+        let alert = &alerts[i];
+        let outcome = match fut.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(e.to_string()),
+            Err(_) => Err("the producer was dropped before delivery".to_owned()),
+        };
+        match outcome {
+            Ok(()) => sent.delivered.push((i, Utc::now())),
+            Err(reason) if attempt < retries => {
+                tracing::warn!(
+                    visit = visit.0,
+                    detector = detector.0,
+                    dia_source_id = alert.dia_source_id,
+                    attempt,
+                    %reason,
+                    "Alert delivery failed; retrying."
+                );
+                metrics::DELIVERY_FAILURES_TOTAL
+                    .with_label_values(&["retried"])
+                    .inc();
+                queue.push_back((i, attempt + 1));
+            }
+            Err(reason) => {
+                metrics::DELIVERY_FAILURES_TOTAL
+                    .with_label_values(&["given_up"])
+                    .inc();
+                sent.failed
+                    .push(format!("diaSourceId {}: {reason}", alert.dia_source_id));
+            }
+        }
+    }
+    sent
 }

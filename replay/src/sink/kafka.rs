@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use apflow_alert_dist::producer::{FramedAlert, ProducerConfig, client_config};
+use apflow_alert_dist::producer::{FramedAlert, ProducerConfig, client_config, send_framed};
 use apflow_core::bus::kafka::create_topics;
 use apflow_core::bus::{KafkaConfig, TopicSpec};
 use apflow_core::ids::{DetectorId, VisitId};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 
 use super::{Sink, SinkError};
 
@@ -17,6 +16,8 @@ pub struct KafkaSink {
     topic: String,
     generation: String,
     timeout: Duration,
+    /// Retries of a failed delivery report (`[producer] retries`).
+    retries: u32,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -47,6 +48,7 @@ impl KafkaSink {
             topic: topic.to_string(),
             generation: generation.to_string(),
             timeout: config.message_timeout,
+            retries: config.retries,
         })
     }
 
@@ -82,11 +84,6 @@ impl KafkaSink {
                 reason: e.to_string(),
             })
     }
-
-    /// The topic.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
 }
 
 impl Sink for KafkaSink {
@@ -96,56 +93,26 @@ impl Sink for KafkaSink {
         detector: DetectorId,
         alerts: &[FramedAlert],
     ) -> Result<(), SinkError> {
-        let now_ms = chrono::Utc::now().timestamp_millis().to_string();
-        // Enqueue the whole burst, then await the delivery reports (never one flush
-        // per message).
-        let mut pending = Vec::with_capacity(alerts.len());
-        let mut failed = 0usize;
-        let mut first_error = None;
-        for a in alerts {
-            let key = a.dia_source_id.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "producer_timestamp",
-                    value: Some(now_ms.as_bytes()),
-                })
-                .insert(Header {
-                    key: "apflow_replay_generation",
-                    value: Some(self.generation.as_bytes()),
-                });
-            let record = FutureRecord::to(&self.topic)
-                .key(&key)
-                .payload(a.framed.as_ref())
-                .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(f) => pending.push(f),
-                Err((e, _)) => {
-                    failed += 1;
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        for f in pending {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    failed += 1;
-                    first_error.get_or_insert(e.to_string());
-                }
-                Err(_) => {
-                    failed += 1;
-                    first_error.get_or_insert("delivery report dropped".into());
-                }
-            }
-        }
-        match first_error {
+        // The alert producer's send loop: enqueue the whole burst (backing off while
+        // librdkafka's queue is full), await the delivery reports, retry failures.
+        let sent = send_framed(
+            &self.producer,
+            &self.topic,
+            (visit, detector),
+            alerts,
+            (0..alerts.len()).collect(),
+            &[("apflow_replay_generation", self.generation.as_bytes())],
+            self.retries,
+        )
+        .await;
+        match sent.failed.first() {
             None => Ok(()),
             Some(reason) => Err(SinkError::Undelivered {
                 visit,
                 detector,
-                failed,
+                failed: sent.failed.len(),
                 total: alerts.len(),
-                reason,
+                reason: reason.clone(),
             }),
         }
     }

@@ -7,9 +7,9 @@ use apflow_alert_dist::packet::decode_framed;
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
 use apflow_replay::clock::{Clock, RealClock, VirtualClock};
-use apflow_replay::fresh::FreshIds;
+use apflow_replay::fresh::{FreshIdError, FreshIds};
 use apflow_replay::night::load_night;
-use apflow_replay::player::{Progress, replay};
+use apflow_replay::player::{Progress, ReplayError, replay};
 use apflow_replay::schedule::{Pacing, Schedule, ScheduleOptions};
 use apflow_replay::sink::{DirSink, Sink, SinkError};
 
@@ -288,9 +288,15 @@ async fn the_directory_sink_writes_a_replayable_archive() {
         },
     )
     .unwrap();
+    let r = replay(&copy, &s2, &mut sink, &clock, Some(&fresh), |_| {}).await;
     assert!(
-        replay(&copy, &s2, &mut sink, &clock, Some(&fresh), |_| {})
-            .await
-            .is_err()
+        matches!(
+            r,
+            Err(ReplayError::Fresh {
+                source: FreshIdError::SameGeneration { .. },
+                ..
+            })
+        ),
+        "{r:?}"
     );
 }
