@@ -275,6 +275,17 @@ fn filter_check_prints_the_cost_or_the_error_with_a_caret() {
         "{err}"
     );
     assert!(err.contains("\n        ^^^^^^^^^^^^^^^^"), "{err}");
+
+    // Files that load alone but not together (one name twice) are refused too.
+    let out = apflow()
+        .args(["filter", "check"])
+        .arg(&shipped)
+        .arg(&shipped)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("new_transients"), "{err}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::AB_ZERO_POINT_NJY;
 use super::check::CostModel;
-use super::file::{DEFAULT_QUOTA, Filter, FilterSet};
+use super::file::{DEFAULT_QUOTA, Filter, FilterSet, FilterSpec};
 use crate::packet::{AlertEncoder, AssembleConfig, inputs};
 use crate::synth::{SynthVisit, visit};
 
@@ -148,7 +148,7 @@ pub fn realistic_visit(seed: u64, n: usize, cutout_size: usize) -> SynthVisit {
         };
         h.ra = o.ra;
         h.dec = o.dec;
-        let b = BANDS.iter().position(|x| *x == h.band).unwrap_or(2);
+        let b = super::view::band_index(&h.band).map_or(2, usize::from);
         let m = o.mag + o.colour[b] + rng.random_range(-0.7..0.7);
         let f = flux_of_mag(m);
         h.psf_flux = Some(f as f32);
@@ -188,16 +188,11 @@ fn pick<'a>(rng: &mut ChaCha8Rng, xs: &[&'a str]) -> &'a str {
 /// fixed-seed variants of nine shapes (thresholds, IN lists of bands, cones and
 /// polygons inside the synthetic field, colours, history functions).
 pub fn filter_expressions(seed: u64, n: usize) -> Vec<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Spec {
-        name: String,
-        expression: String,
-    }
     let mut out: Vec<(String, String)> = DEPLOY_FILTERS
         .iter()
         .map(|(_, text)| {
-            let s: Spec = toml::from_str(text).expect("shipped filters parse (tested)");
-            (s.name, s.expression)
+            let s: FilterSpec = toml::from_str(text).expect("shipped filters parse (tested)");
+            (s.name.into_inner(), s.expression.into_inner())
         })
         .collect();
     out.truncate(n);
@@ -312,15 +307,37 @@ pub fn workload(
         .map(|a| enc.to_framed(a).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let model = CostModel::default();
-    let filters = filter_expressions(seed, n_filters)
-        .into_iter()
-        .map(|(name, e)| {
-            Filter::new("bench", &name, &e, DEFAULT_QUOTA, None, &model)
-                .map_err(|err| format!("{name}: {err}"))
+    // The shipped filters as they are loaded (owner, quota, topic), then the variants.
+    let shipped = n_filters.min(DEPLOY_FILTERS.len());
+    let mut filters = DEPLOY_FILTERS[..shipped]
+        .iter()
+        .map(|(file, text)| {
+            Filter::from_toml(text, std::path::Path::new(file), &model).map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    for (name, e) in filter_expressions(seed, n_filters)
+        .into_iter()
+        .skip(shipped)
+    {
+        filters.push(
+            Filter::new("bench", &name, &e, DEFAULT_QUOTA, None, &model)
+                .map_err(|err| format!("{name}: {err}"))?,
+        );
+    }
     let set = FilterSet::new(filters).map_err(|e| e.to_string())?;
     Ok(Workload { framed, set })
+}
+
+/// Evaluates every filter on every view with the reference interpreter; returns its
+/// steps.
+pub fn interpret(set: &FilterSet, views: &[super::AlertView]) -> u64 {
+    let mut steps = 0;
+    for v in views {
+        for f in set.filters() {
+            std::hint::black_box(f.condition.interpret(v, &mut steps));
+        }
+    }
+    steps
 }
 
 /// Evaluates every filter on every view; returns the matches per filter.

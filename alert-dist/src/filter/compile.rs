@@ -4,10 +4,10 @@
 //! [`super::view::Summary`], sky regions against the precomputed position, constants
 //! folded into the closures. Nothing allocates during evaluation.
 
-use super::AB_ZERO_POINT_NJY;
 use super::check::{HistFn, NumFn, TExpr, TKind};
 use super::syntax::{ArithOp, CmpOp};
 use super::view::{AlertView, Type, Val};
+use super::{and3, mag, not3, or3};
 
 type BoolFn = Box<dyn Fn(&AlertView) -> Option<bool> + Send + Sync>;
 type IntFn = Box<dyn Fn(&AlertView) -> Option<i64> + Send + Sync>;
@@ -37,11 +37,6 @@ pub fn compile(e: &TExpr) -> Compiled {
 
 fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
-}
-
-fn mag(f: Option<f64>) -> Option<f64> {
-    f.filter(|f| *f > 0.0)
-        .map(|f| AB_ZERO_POINT_NJY - 2.5 * f.log10())
 }
 
 fn ord<T: PartialOrd + ?Sized>(op: CmpOp) -> fn(&T, &T) -> bool {
@@ -116,10 +111,6 @@ fn null_fn(e: &TExpr) -> Box<dyn Fn(&AlertView) -> bool + Send + Sync> {
     }
 }
 
-fn not3(b: Option<bool>, negated: bool) -> Option<bool> {
-    if negated { b.map(|b| !b) } else { b }
-}
-
 fn bool_fn(e: &TExpr) -> BoolFn {
     match &e.kind {
         TKind::Lit(Val::Bool(b)) => {
@@ -137,34 +128,18 @@ fn bool_fn(e: &TExpr) -> BoolFn {
         TKind::Cmp(op, a, b) => cmp_fn(*op, a, b),
         TKind::And(a, b) => {
             let (x, y) = (bool_fn(a), bool_fn(b));
+            // Short-circuits on FALSE.
             Box::new(move |v| match x(v) {
                 Some(false) => Some(false),
-                l => match y(v) {
-                    Some(false) => Some(false),
-                    r => {
-                        if l.is_none() || r.is_none() {
-                            None
-                        } else {
-                            Some(true)
-                        }
-                    }
-                },
+                l => and3(l, y(v)),
             })
         }
         TKind::Or(a, b) => {
             let (x, y) = (bool_fn(a), bool_fn(b));
+            // Short-circuits on TRUE.
             Box::new(move |v| match x(v) {
                 Some(true) => Some(true),
-                l => match y(v) {
-                    Some(true) => Some(true),
-                    r => {
-                        if l.is_none() || r.is_none() {
-                            None
-                        } else {
-                            Some(false)
-                        }
-                    }
-                },
+                l => or3(l, y(v)),
             })
         }
         TKind::Not(a) => {
@@ -180,16 +155,7 @@ fn bool_fn(e: &TExpr) -> BoolFn {
             Box::new(move |v| {
                 let r = match ge(v) {
                     Some(false) => Some(false),
-                    l => match le(v) {
-                        Some(false) => Some(false),
-                        r => {
-                            if l.is_none() || r.is_none() {
-                                None
-                            } else {
-                                Some(true)
-                            }
-                        }
-                    },
+                    l => and3(l, le(v)),
                 };
                 not3(r, n)
             })
@@ -352,30 +318,18 @@ fn float_fn(e: &TExpr) -> FloatFn {
         TKind::Hist(h) => match *h {
             HistFn::NPrevious => Box::new(|v| Some(v.summary().n_prev as f64)),
             HistFn::DaysSinceFirst => {
-                let mjd = super::view::field_table()
-                    .slot("diaSource.midpointMjdTai")
-                    .expect("schema field");
+                let mjd = super::view::field_table().mjd;
                 Box::new(move |v| finite(v.get(mjd).as_f64()? - v.summary().first_mjd?))
             }
             HistFn::FluxChange | HistFn::MagChange => {
-                let flux = super::view::field_table()
-                    .slot("diaSource.psfFlux")
-                    .expect("schema field");
+                let flux = super::view::field_table().psf_flux;
                 if *h == HistFn::FluxChange {
                     Box::new(move |v| {
-                        let s = v.summary();
-                        if !s.has_prev_same_band {
-                            return None;
-                        }
-                        finite(v.get(flux).as_f64()? - s.prev_flux_same_band?)
+                        finite(v.get(flux).as_f64()? - v.summary().prev_flux_same_band?)
                     })
                 } else {
                     Box::new(move |v| {
-                        let s = v.summary();
-                        if !s.has_prev_same_band {
-                            return None;
-                        }
-                        finite(mag(v.get(flux).as_f64())? - mag(s.prev_flux_same_band)?)
+                        finite(mag(v.get(flux).as_f64())? - mag(v.summary().prev_flux_same_band)?)
                     })
                 }
             }

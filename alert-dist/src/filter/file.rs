@@ -41,8 +41,8 @@ pub const TOPIC_PREFIX: &str = "alerts.filter.";
 pub struct FilterSpec {
     /// Who owns the filter (an e-mail address or a team).
     pub owner: String,
-    /// Unique name, `[A-Za-z0-9._-]+`.
-    pub name: String,
+    /// Unique name, `[A-Za-z0-9._-]+` (with its place in the file, for errors).
+    pub name: toml::Spanned<String>,
     /// The condition.
     pub expression: toml::Spanned<String>,
     /// Alerts per visit (default [`DEFAULT_QUOTA`]).
@@ -50,7 +50,7 @@ pub struct FilterSpec {
     pub quota: u32,
     /// Output topic (default `alerts.filter.<name>`).
     #[serde(default)]
-    pub topic: Option<String>,
+    pub topic: Option<toml::Spanned<String>>,
 }
 
 fn default_quota() -> u32 {
@@ -136,14 +136,6 @@ impl fmt::Display for FilterSetError {
 
 impl std::error::Error for FilterSetError {}
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[start..].chars().count() + 1)
-}
-
 /// Where the expression's text starts in the file, when the file holds it verbatim.
 fn verbatim_start(text: &str, span: std::ops::Range<usize>, value: &str) -> Option<usize> {
     let raw = text.get(span.clone())?;
@@ -215,7 +207,7 @@ impl Filter {
     /// A [`FilterFileError`] naming the file, line and column.
     pub fn from_toml(text: &str, path: &Path, model: &CostModel) -> Result<Self, FilterFileError> {
         let err = |offset: usize, message: String, expr: Option<Box<ExprError>>| {
-            let (line, column) = line_col(text, offset);
+            let (line, column) = super::syntax::line_col(text, offset);
             FilterFileError {
                 path: path.to_path_buf(),
                 line,
@@ -228,29 +220,28 @@ impl Filter {
             let at = e.span().map_or(0, |s| s.start);
             err(at, e.message().trim().to_string(), None)
         })?;
-        if !valid_name(&spec.name) {
-            let at = text.find("name").unwrap_or(0);
+        let name = spec.name.get_ref();
+        if !valid_name(name) {
             return Err(err(
-                at,
-                format!(
-                    "filter name {:?} must be 1-200 characters of [A-Za-z0-9._-]",
-                    spec.name
-                ),
+                spec.name.span().start,
+                format!("filter name {name:?} must be 1-200 characters of [A-Za-z0-9._-]"),
                 None,
             ));
         }
-        let topic = spec
-            .topic
-            .clone()
-            .unwrap_or_else(|| format!("{TOPIC_PREFIX}{}", spec.name));
-        if !valid_name(&topic) {
-            let at = text.find("topic").unwrap_or(0);
-            return Err(err(
-                at,
-                format!("topic {topic:?} must be 1-200 characters of [A-Za-z0-9._-]"),
-                None,
-            ));
-        }
+        let topic = match &spec.topic {
+            Some(t) if !valid_name(t.get_ref()) => {
+                return Err(err(
+                    t.span().start,
+                    format!(
+                        "topic {:?} must be 1-200 characters of [A-Za-z0-9._-]",
+                        t.get_ref()
+                    ),
+                    None,
+                ));
+            }
+            Some(t) => t.get_ref().clone(),
+            None => format!("{TOPIC_PREFIX}{name}"),
+        };
         let expr = spec.expression.get_ref();
         let condition = CompiledFilter::with_cost_model(expr, model).map_err(|e| {
             let span = spec.expression.span();
@@ -268,7 +259,7 @@ impl Filter {
         })?;
         Ok(Self {
             owner: spec.owner,
-            name: spec.name,
+            name: spec.name.into_inner(),
             quota: spec.quota,
             topic,
             path: Some(path.to_path_buf()),

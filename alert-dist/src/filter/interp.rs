@@ -7,10 +7,10 @@ use std::cmp::Ordering;
 
 use apflow_core::geom::UnitVector;
 
-use super::AB_ZERO_POINT_NJY;
 use super::check::{HistFn, NumFn, TExpr, TKind};
 use super::syntax::{ArithOp, CmpOp};
 use super::view::{AlertView, Val, band_index};
+use super::{and3, mag, not3, or3};
 use crate::coords::galactic;
 
 fn b3(v: &Val) -> Option<bool> {
@@ -30,11 +30,6 @@ fn finite(x: f64) -> Val {
     } else {
         Val::Null
     }
-}
-
-fn mag(f: Option<f64>) -> Option<f64> {
-    f.filter(|f| *f > 0.0)
-        .map(|f| AB_ZERO_POINT_NJY - 2.5 * f.log10())
 }
 
 fn compare(a: &Val, b: &Val) -> Option<Ordering> {
@@ -58,22 +53,6 @@ fn cmp(op: CmpOp, a: &Val, b: &Val) -> Val {
         CmpOp::Gt => o == Ordering::Greater,
         CmpOp::Ge => o != Ordering::Less,
     })
-}
-
-fn and3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
-    match (a, b) {
-        (Some(false), _) | (_, Some(false)) => Some(false),
-        (Some(true), Some(true)) => Some(true),
-        _ => None,
-    }
-}
-
-fn or3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
-    match (a, b) {
-        (Some(true), _) | (_, Some(true)) => Some(true),
-        (Some(false), Some(false)) => Some(false),
-        _ => None,
-    }
 }
 
 fn arith(op: ArithOp, a: &Val, b: &Val) -> Val {
@@ -195,12 +174,12 @@ pub fn eval(e: &TExpr, view: &AlertView, steps: &mut u64) -> Val {
             } else {
                 Some(false)
             };
-            from3(if *negated { r.map(|b| !b) } else { r })
+            from3(not3(r, *negated))
         }
         TKind::Between(a, lo, hi, negated) => {
             let (x, l, h) = (ev(a), ev(lo), ev(hi));
             let r = and3(b3(&cmp(CmpOp::Ge, &x, &l)), b3(&cmp(CmpOp::Le, &x, &h)));
-            from3(if *negated { r.map(|b| !b) } else { r })
+            from3(not3(r, *negated))
         }
         TKind::IsNull(a, negated) => Val::Bool((ev(a) == Val::Null) != *negated),
         TKind::Num(f, a) => match (f, ev(a)) {

@@ -103,13 +103,42 @@ pub use quota::{QuotaDecision, QuotaEngine, VisitCounts};
 pub use syntax::{ErrorKind, ExprError};
 pub use view::{AlertView, ViewError};
 
-/// AB magnitude of 1 nJy: `m = 31.4 − 2.5 log10(flux / nJy)` (3631 Jy zero point).
-pub const AB_ZERO_POINT_NJY: f64 = 31.4;
+/// AB magnitude of 1 nJy: `m = 31.4 − 2.5 log10(flux / nJy)` (3631 Jy zero point), the
+/// science core's photometric zero point.
+pub use apflow_prompt_proc::calibrate::AB_NJY_ZERO_POINT as AB_ZERO_POINT_NJY;
+
+/// The AB magnitude of a flux in nJy (`None` for a missing or non-positive flux).
+pub(crate) fn mag(f: Option<f64>) -> Option<f64> {
+    f.filter(|f| *f > 0.0)
+        .map(|f| AB_ZERO_POINT_NJY - 2.5 * f.log10())
+}
+
+/// SQL three-valued AND (`None` is NULL).
+pub(crate) fn and3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    }
+}
+
+/// SQL three-valued OR (`None` is NULL).
+pub(crate) fn or3(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (Some(false), Some(false)) => Some(false),
+        _ => None,
+    }
+}
+
+/// `b`, negated when `negated` (NULL stays NULL).
+pub(crate) fn not3(b: Option<bool>, negated: bool) -> Option<bool> {
+    if negated { b.map(|b| !b) } else { b }
+}
 
 /// A parsed, checked and compiled filter expression.
 #[derive(Debug)]
 pub struct CompiledFilter {
-    source: String,
     typed: check::TExpr,
     compiled: compile::Compiled,
     cost: u64,
@@ -146,7 +175,6 @@ impl CompiledFilter {
         }
         let compiled = compile::compile(&typed);
         Ok(Self {
-            source: src.to_string(),
             typed,
             compiled,
             cost,
@@ -176,15 +204,5 @@ impl CompiledFilter {
     /// The static cost.
     pub fn cost(&self) -> u64 {
         self.cost
-    }
-
-    /// The expression text.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// The typed tree.
-    pub fn typed(&self) -> &check::TExpr {
-        &self.typed
     }
 }

@@ -42,6 +42,14 @@ pub struct VisitCounts {
 }
 
 impl VisitCounts {
+    /// Zero counts for `n` filters.
+    pub fn new(n: usize) -> Self {
+        Self {
+            matched: vec![0; n],
+            passed: vec![0; n],
+        }
+    }
+
     /// Matches dropped for filter `i` (over quota).
     pub fn dropped(&self, i: usize) -> u64 {
         self.matched[i] - self.passed[i]
@@ -72,10 +80,7 @@ impl QuotaEngine {
             max_open: max_open.max(1),
             closed_up_to: None,
             late_drops: 0,
-            since_taken: VisitCounts {
-                matched: vec![0; quotas.len()],
-                passed: vec![0; quotas.len()],
-            },
+            since_taken: VisitCounts::new(quotas.len()),
             quotas,
         }
     }
@@ -107,13 +112,7 @@ impl QuotaEngine {
                 self.close_oldest();
             }
             let n = self.quotas.len();
-            self.open.insert(
-                visit,
-                VisitCounts {
-                    matched: vec![0; n],
-                    passed: vec![0; n],
-                },
-            );
+            self.open.insert(visit, VisitCounts::new(n));
         }
         let c = self.open.get_mut(&visit).expect("inserted above");
         c.matched[filter] += 1;
@@ -157,13 +156,7 @@ impl QuotaEngine {
     /// per-batch metrics, [`crate::metrics::record_filter_counts`]); the tally restarts.
     pub fn take_counts(&mut self) -> VisitCounts {
         let n = self.quotas.len();
-        std::mem::replace(
-            &mut self.since_taken,
-            VisitCounts {
-                matched: vec![0; n],
-                passed: vec![0; n],
-            },
-        )
+        std::mem::replace(&mut self.since_taken, VisitCounts::new(n))
     }
 
     /// Matches dropped because their visit was closed or their filter unknown.

@@ -66,14 +66,22 @@ pub struct ExprError {
     pub width: usize,
 }
 
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
 impl ExprError {
     /// An error of `kind` at `span` of `src`.
     pub fn new(kind: ErrorKind, message: impl Into<String>, span: Span, src: &str) -> Self {
         let start = span.start.min(src.len());
         let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = src[start..].find('\n').map_or(src.len(), |i| start + i);
-        let line = src[..start].matches('\n').count() + 1;
-        let column = src[line_start..start].chars().count() + 1;
+        let (line, column) = line_col(src, start);
         let end = span.end.clamp(start, line_end);
         let width = src[start..end].chars().count().max(1);
         Self {
@@ -798,7 +806,7 @@ pub fn parse(src: &str) -> Result<Expr, ExprError> {
 }
 
 /// The children of a node, in source order.
-pub fn children(e: &Expr) -> Vec<&Expr> {
+fn children(e: &Expr) -> Vec<&Expr> {
     match &e.kind {
         ExprKind::Lit(_) | ExprKind::Field(_) => vec![],
         ExprKind::Neg(a) | ExprKind::Not(a) => vec![a],

@@ -419,6 +419,21 @@ fn filter_file_errors_name_the_file_line_and_column() {
     )
     .expect_err("bad name");
     assert_eq!(e.line, 2);
+    // At the value itself, not at the first "name" in the text.
+    let e = Filter::from_toml(
+        "# this filter's name\nowner = \"me\"\nname = \"a b\"\nexpression = \"TRUE\"\n",
+        p,
+        &m,
+    )
+    .expect_err("bad name");
+    assert_eq!((e.line, e.column), (3, 8));
+    let e = Filter::from_toml(
+        "owner = \"me\"\nname = \"x\"\nexpression = \"TRUE\"\n# no topic here\ntopic = \"a b\"\n",
+        p,
+        &m,
+    )
+    .expect_err("bad topic");
+    assert_eq!((e.line, e.column), (5, 9));
     let ok = Filter::from_toml(
         "owner = \"me\"\nname = \"x\"\nexpression = \"TRUE\"\nquota = 3\ntopic = \"t.x\"\n",
         p,

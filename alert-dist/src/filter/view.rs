@@ -166,9 +166,11 @@ pub struct FieldTable {
     pub ss_source: usize,
     ra: usize,
     dec: usize,
-    mjd: usize,
+    /// Slot of `diaSource.midpointMjdTai`.
+    pub(crate) mjd: usize,
     band: usize,
-    psf_flux: usize,
+    /// Slot of `diaSource.psfFlux`.
+    pub(crate) psf_flux: usize,
 }
 
 impl FieldTable {
@@ -259,10 +261,9 @@ pub struct Summary {
     pub n_prev: i64,
     /// Earliest `midpointMjdTai` of the current and previous detections.
     pub first_mjd: Option<f64>,
-    /// `psfFlux` of the latest previous detection in the current source's band.
+    /// `psfFlux` of the latest previous detection in the current source's band (`None`
+    /// when there is none, or its flux is null).
     pub prev_flux_same_band: Option<f64>,
-    /// Whether such a previous detection exists.
-    pub has_prev_same_band: bool,
     /// Per band: `psfFlux` of the latest detection (the current one if in that band).
     pub band_flux: [Option<f64>; 6],
     /// Unit vector of (`diaSource.ra`, `diaSource.dec`).
@@ -332,14 +333,6 @@ impl AlertView {
         &self.summary
     }
 
-    /// Sets a field (tests and synthetic views); the summary is recomputed.
-    pub fn set(&mut self, slot: usize, v: Val) {
-        if let Some(x) = self.values.get_mut(slot) {
-            *x = v;
-        }
-        self.summarize();
-    }
-
     /// A view from field values by slot and a history, for tests and generators.
     /// Missing slots are NULL; values of the wrong type are kept as given (the
     /// evaluators treat a value of an unexpected type as NULL).
@@ -381,7 +374,6 @@ impl AlertView {
                 s.band_flux[b as usize] = d.psf_flux;
                 if Some(b) == band {
                     s.prev_flux_same_band = d.psf_flux;
-                    s.has_prev_same_band = true;
                 }
             }
         }

@@ -232,13 +232,8 @@ fn bench_filters(
         med / evals * 1e9
     );
     let t = Instant::now();
-    let mut steps = 0u64;
     let sub = &views[..views.len().min(2_000)];
-    for v in sub {
-        for f in w.set.filters() {
-            std::hint::black_box(f.condition.interpret(v, &mut steps));
-        }
-    }
+    bench::interpret(&w.set, sub);
     let s = t.elapsed().as_secs_f64();
     println!(
         "evaluate (interpreter):   {:>8.3} s  for {} alerts, {:.0} ns each (reference, not the fast path)",
@@ -246,11 +241,11 @@ fn bench_filters(
         sub.len(),
         s / (sub.len() * w.set.len()) as f64 * 1e9
     );
-    let mut sorted = counts.clone();
-    sorted.sort_unstable();
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let mut sorted: Vec<f64> = counts.iter().map(|&c| c as f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| super::quantile(&sorted, p);
     println!(
-        "matches per filter: min {}, median {}, max {} of {} alerts; deploy set: {}",
+        "matches per filter: min {:.0}, median {:.0}, max {:.0} of {} alerts; deploy set: {}",
         q(0.0),
         q(0.5),
         q(1.0),
