@@ -1,8 +1,9 @@
 //! The alert archive: every published alert kept, retrievable by id.
 //!
-//! Written after publication by a consumer of the full stream — in process from a
-//! channel ([`archive_channel`]) or from the Kafka topic ([`archive_from_kafka`],
-//! feature `kafka`) — into a directory laid out like an object store:
+//! Written after publication: `apflow run` archives each detector's batch once it is
+//! published ([`Archive::put_batch`]); [`archive_from_bus`] is the consumer of the full
+//! stream on the event bus (in-process or Kafka; no `apflow` command runs it on its own
+//! yet). The layout is a directory laid out like an object store:
 //!
 //! ```text
 //! <root>/alerts/<diaSourceId>.avro.gz        the exact wire bytes (Confluent-framed), gzip
@@ -51,10 +52,8 @@ use crate::producer::FramedAlert;
 use crate::registry::SchemaRegistry;
 use crate::wire::{self, WireError, get_bytes, get_long, put_bytes, put_long};
 
-#[cfg(feature = "kafka")]
-mod kafka;
-#[cfg(feature = "kafka")]
-pub use kafka::{KafkaArchiveOptions, archive_from_kafka};
+mod consumer;
+pub use consumer::{ArchiveConsumerOptions, archive_from_bus};
 
 /// Why the archive could not store or find something.
 #[derive(Debug, Error)]
@@ -354,12 +353,17 @@ async fn http_alert(State(a): State<Arc<Archive>>, UrlPath(id): UrlPath<String>)
     let Ok(id) = id.parse::<i64>() else {
         return http_error(&ArchiveError::NotFound(format!("alert {id}")));
     };
+    let a_root = a.root.clone();
     match tokio::task::spawn_blocking(move || a.get_alert(id)).await {
         Ok(Ok(bytes)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
         }
         Ok(Err(e)) => http_error(&e),
-        Err(e) => http_error(&ArchiveError::NotFound(format!("alert {id} ({e})"))),
+        // The blocking read panicked or was cancelled: a server error, not a 404.
+        Err(e) => http_error(&ArchiveError::Io {
+            path: a_root,
+            source: io::Error::other(e.to_string()),
+        }),
     }
 }
 
@@ -372,26 +376,6 @@ async fn http_schema(State(a): State<Arc<Archive>>, UrlPath(id): UrlPath<String>
         Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
         Err(e) => http_error(&e),
     }
-}
-
-/// Archives every batch received on `rx` until the channel closes; returns the
-/// number of alerts written. The in-process consumer of the full stream.
-pub async fn archive_channel(
-    archive: Arc<Archive>,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<FramedAlert>>,
-) -> Result<u64, ArchiveError> {
-    let mut written = 0u64;
-    while let Some(batch) = rx.recv().await {
-        let a = archive.clone();
-        let r = tokio::task::spawn_blocking(move || a.put_batch(&batch))
-            .await
-            .map_err(|e| ArchiveError::Io {
-                path: archive.root.clone(),
-                source: io::Error::other(e.to_string()),
-            })??;
-        written += r.written as u64;
-    }
-    Ok(written)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {

@@ -10,29 +10,12 @@
 //! messages always differ, so batch compression cannot exploit repeats.
 
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 
 use crate::producer::FramedAlert;
 use crate::wire::frame_into;
-
-/// xorshift64*: a fixed-seed generator good enough for noise.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Approximately standard normal (Irwin–Hall with 12 uniforms).
-    fn normal(&mut self) -> f64 {
-        (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
-    }
-}
 
 /// The visit the synthetic alerts belong to.
 fn bench_visit() -> VisitId {
@@ -50,17 +33,18 @@ pub fn synthetic_alerts(
     seed: u64,
 ) -> Vec<(DetectorId, Vec<FramedAlert>)> {
     let size = size.max(64);
-    let mut rng = XorShift(seed | 1);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let sky = Normal::new(1500.0f32, 40.0).expect("a valid normal");
     let pool: Vec<bytes::Bytes> = (0..distinct.max(2))
         .map(|_| {
             let mut body = Vec::with_capacity(size);
             // Some scalar fields: ids, coordinates, fluxes.
             for _ in 0..6 {
-                body.extend_from_slice(&rng.next().to_le_bytes());
+                body.extend_from_slice(&rng.random::<u64>().to_le_bytes());
             }
             // Three cutouts of sky noise (nJy), big-endian float32 as in FITS.
             while body.len() + 4 <= size - crate::wire::HEADER_LEN {
-                let v = (1500.0 + 40.0 * rng.normal()) as f32;
+                let v: f32 = sky.sample(&mut rng);
                 body.extend_from_slice(&v.to_be_bytes());
             }
             let mut framed = Vec::with_capacity(size);

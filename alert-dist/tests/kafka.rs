@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apflow_alert_dist::archive::{
-    Archive, KafkaArchiveOptions, archive_from_kafka, read_container,
+    Archive, ArchiveConsumerOptions, archive_from_bus, read_container,
 };
 use apflow_alert_dist::ledger::Ledger;
 use apflow_alert_dist::metrics;
@@ -16,8 +16,8 @@ use apflow_alert_dist::producer::{
     AlertProducer, Compression, DetectorAlerts, FramedAlert, ProducerConfig, VisitTally,
 };
 use apflow_alert_dist::wire::{frame_into, get_bytes, get_long, put_bytes, put_long};
-use apflow_core::bus::KafkaConfig;
 use apflow_core::bus::kafka::base_config;
+use apflow_core::bus::{Bus, BusConfig, KafkaConfig};
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
 use chrono::Utc;
 use rand::{Rng, SeedableRng};
@@ -212,18 +212,18 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
     // The archive, fed by a consumer of the full stream, keeps every alert.
     let archive = Arc::new(Archive::open(dir.path().join("archive")).unwrap());
     archive.put_schema(SCHEMA_ID, SCHEMA).unwrap();
-    let mut opts = KafkaArchiveOptions::new(&topic);
+    let mut opts = ArchiveConsumerOptions::new(&topic);
     opts.group = unique("archive");
     opts.idle_exit = Some(Duration::from_secs(3));
+    let bus = Bus::from_config(&BusConfig {
+        url: format!("kafka://{brokers}"),
+        kafka: kafka_config(),
+        ..BusConfig::default()
+    })
+    .unwrap();
     let written = tokio::time::timeout(
         Duration::from_secs(120),
-        archive_from_kafka(
-            &brokers,
-            &kafka_config(),
-            &opts,
-            archive.clone(),
-            std::future::pending(),
-        ),
+        archive_from_bus(&bus, &opts, archive.clone(), std::future::pending()),
     )
     .await
     .expect("the archive consumer finishes")

@@ -212,20 +212,41 @@ fn a_night_file_of_another_schema_is_not_appended_to() {
 }
 
 #[tokio::test]
-async fn the_channel_consumer_and_the_http_api_serve_archived_alerts() {
+async fn the_bus_consumer_and_the_http_api_serve_archived_alerts() {
+    use apflow_core::bus::{Bus, Record, TopicSpec};
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let (first, second) = two_nights(&mut rng);
     let a = Arc::new(archive(dir.path()));
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let task = tokio::spawn(archive_channel(a.clone(), rx));
-    tx.send(first.clone()).await.unwrap();
-    tx.send(second.clone()).await.unwrap();
-    drop(tx);
-    assert_eq!(
-        task.await.unwrap().unwrap() as usize,
-        first.len() + second.len()
-    );
+    // The full stream on the in-process bus, with a message that is not an alert.
+    let bus = Bus::memory();
+    let topic = "alerts-v11".to_string();
+    bus.ensure_topics(&[TopicSpec {
+        name: topic.clone(),
+        partitions: 2,
+    }])
+    .await
+    .unwrap();
+    let record = |key: String, payload: Vec<u8>| Record {
+        topic: topic.clone(),
+        key: Some(key),
+        payload,
+        headers: Vec::new(),
+    };
+    bus.publish(record("not-an-id".into(), b"x".to_vec()))
+        .await
+        .unwrap();
+    for x in first.iter().chain(&second) {
+        bus.publish(record(x.dia_source_id.to_string(), x.framed.to_vec()))
+            .await
+            .unwrap();
+    }
+    let mut opts = ArchiveConsumerOptions::new(&topic);
+    opts.idle_exit = Some(std::time::Duration::from_millis(500));
+    let written = archive_from_bus(&bus, &opts, a.clone(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(written as usize, first.len() + second.len());
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

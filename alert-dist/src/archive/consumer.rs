@@ -1,15 +1,14 @@
-//! The archive's Kafka consumer: reads the full alert topic in a consumer group,
-//! archives each batch and only then commits its offsets (at-least-once; the archive
-//! drops the duplicates a replay brings).
+//! The archive's consumer of the full alert stream, on the event bus (in-process or
+//! Kafka): reads the alert topic in a consumer group, archives each batch and only
+//! then acknowledges and commits its messages (at-least-once; the archive drops the
+//! duplicates a replay brings). Offsets, commits and leaving the group are the bus's
+//! ([`apflow_core::bus::Subscription`]).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apflow_core::bus::KafkaConfig;
-use apflow_core::bus::kafka::base_config;
-use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use apflow_core::bus::Bus;
 use tokio::time::Instant;
 
 use super::{Archive, ArchiveError};
@@ -17,7 +16,7 @@ use crate::producer::FramedAlert;
 
 /// What to consume and how to batch.
 #[derive(Clone, Debug)]
-pub struct KafkaArchiveOptions {
+pub struct ArchiveConsumerOptions {
     /// The alert topic.
     pub topic: String,
     /// Consumer group of the archive.
@@ -31,7 +30,7 @@ pub struct KafkaArchiveOptions {
     pub idle_exit: Option<Duration>,
 }
 
-impl KafkaArchiveOptions {
+impl ArchiveConsumerOptions {
     /// Defaults for `topic`: group `apflow-archive`, batches of 500 or 200 ms.
     pub fn new(topic: &str) -> Self {
         Self {
@@ -48,69 +47,60 @@ fn consume_err(e: impl std::fmt::Display) -> ArchiveError {
     ArchiveError::Consume(e.to_string())
 }
 
-/// Archives the alert topic until `shutdown` completes (or the topic has been idle
-/// for `idle_exit`); returns the number of alerts written. Messages that are not
-/// alerts (no numeric key, not Confluent-framed, unknown schema) are logged and
-/// skipped.
-pub async fn archive_from_kafka(
-    brokers: &str,
-    kafka: &KafkaConfig,
-    options: &KafkaArchiveOptions,
+/// Archives the alert topic of `bus` until `shutdown` completes (or the topic has
+/// been idle for `idle_exit`); returns the number of alerts written. Messages that are
+/// not alerts (no numeric key, not Confluent-framed, unknown schema) are logged,
+/// acknowledged and skipped.
+pub async fn archive_from_bus(
+    bus: &Bus,
+    options: &ArchiveConsumerOptions,
     archive: Arc<Archive>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<u64, ArchiveError> {
-    let consumer: StreamConsumer = base_config(brokers, kafka)
-        .map_err(consume_err)?
-        .set("group.id", &options.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "fetch.wait.max.ms",
-            kafka.fetch_wait_max.as_millis().max(1).to_string(),
-        )
-        .set(
-            "session.timeout.ms",
-            kafka.session_timeout.as_millis().to_string(),
-        )
-        .create()
+    let mut sub = bus
+        .subscribe(std::slice::from_ref(&options.topic), &options.group)
+        .await
         .map_err(consume_err)?;
-    consumer.subscribe(&[&options.topic]).map_err(consume_err)?;
     tokio::pin!(shutdown);
     let mut written = 0u64;
     let mut last_message = Instant::now();
     let mut stop = false;
     while !stop {
         let mut batch = Vec::new();
+        let mut deliveries = Vec::new();
         let deadline = Instant::now() + options.batch_wait;
         while batch.len() < options.batch_max {
+            let wait = deadline.saturating_duration_since(Instant::now());
             tokio::select! {
                 () = &mut shutdown => { stop = true; break; }
-                r = tokio::time::timeout_at(deadline, consumer.recv()) => match r {
-                    Err(_) => break,
-                    Ok(Err(e)) => return Err(consume_err(e)),
-                    Ok(Ok(m)) => {
+                r = sub.next_timeout(wait) => match r.map_err(consume_err)? {
+                    None => break,
+                    Some(mut d) => {
+                        let m = &mut d.message;
                         let id = m
-                            .key()
+                            .key
+                            .as_deref()
                             .and_then(|k| std::str::from_utf8(k).ok())
                             .and_then(|k| k.parse::<i64>().ok());
                         let alert = id.map(|id| FramedAlert {
                             dia_source_id: id,
-                            framed: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                            framed: std::mem::take(&mut m.payload).into(),
                         });
                         match alert.map(|a| archive.check(&a).map(|_| a)) {
                             Some(Ok(a)) => batch.push(a),
                             Some(Err(e)) => tracing::warn!(
-                                partition = m.partition(), offset = m.offset(), error = %e,
+                                partition = m.partition, offset = m.offset, error = %e,
                                 "Not an archivable alert; skipped."),
                             None => tracing::warn!(
-                                partition = m.partition(), offset = m.offset(),
+                                partition = m.partition, offset = m.offset,
                                 "Message without a numeric diaSourceId key; skipped."),
                         }
+                        deliveries.push(d);
                     }
                 }
             }
         }
-        if batch.is_empty() {
+        if deliveries.is_empty() {
             if options
                 .idle_exit
                 .is_some_and(|d| last_message.elapsed() >= d)
@@ -125,10 +115,12 @@ pub async fn archive_from_kafka(
             .await
             .map_err(consume_err)??;
         written += r.written as u64;
-        consumer
-            .commit_consumer_state(CommitMode::Sync)
-            .map_err(consume_err)?;
+        // Written: now the messages may be forgotten.
+        for d in deliveries {
+            d.ack();
+        }
+        sub.commit().await.map_err(consume_err)?;
     }
-    consumer.unsubscribe();
+    sub.close(Duration::from_secs(10)).await;
     Ok(written)
 }
