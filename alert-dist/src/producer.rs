@@ -128,6 +128,12 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Other librdkafka settings, passed as they are.
     pub librdkafka: std::collections::BTreeMap<String, String>,
+    /// An external Confluent-compatible schema registry (`http://host[:port][/path]`)
+    /// apflow registers its schemas in at start-up, under subjects `<topic>-value`;
+    /// empty: none (brokers then use apflow's own read-only registry API).
+    pub registry_url: String,
+    /// How to register there.
+    pub registry: crate::registry::RegisterOptions,
 }
 
 impl Default for ProducerConfig {
@@ -143,6 +149,8 @@ impl Default for ProducerConfig {
             message_timeout: Duration::from_secs(60),
             retries: 3,
             librdkafka: Default::default(),
+            registry_url: String::new(),
+            registry: Default::default(),
         }
     }
 }

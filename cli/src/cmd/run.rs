@@ -837,6 +837,15 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let archive_dir = out.join("archive");
     let archive = Arc::new(Archive::open(&archive_dir)?);
     archive.put_schemas(&registry)?;
+    if !config.producer.registry_url.is_empty() {
+        apflow_alert_dist::registry::register_all(
+            &config.producer.registry_url,
+            &registry,
+            &config.producer.registry,
+        )
+        .await?;
+        println!("  schemas registered in {}", config.producer.registry_url);
+    }
     let listen = args
         .metrics_listen
         .clone()
