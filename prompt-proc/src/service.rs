@@ -51,9 +51,6 @@ impl<K: Clone + PartialEq, V> Cache<K, V> {
             };
             let slot = entry.1.clone();
             entries.push(entry);
-            if entries.len() > self.cap {
-                entries.remove(0);
-            }
             slot
         };
         // Held while loading, so a second request for this key waits for this load.
@@ -65,6 +62,12 @@ impl<K: Clone + PartialEq, V> Cache<K, V> {
             Ok(v) => {
                 let v = Arc::new(v);
                 *value = Some(v.clone());
+                drop(value);
+                // Only a loaded entry pushes the least recently used one out.
+                let mut entries = self.entries.lock().expect("cache");
+                while entries.len() > self.cap {
+                    entries.remove(0);
+                }
                 Ok(v)
             }
             Err(e) => {

@@ -444,7 +444,7 @@ fn records_and_forced_photometry_agree_with_the_measurements() {
     let picked: Vec<(usize, ForcedTarget)> = records
         .iter()
         .enumerate()
-        .filter(|(i, rec)| {
+        .filter(|(i, _)| {
             let m = &r.sources[*i].measurement;
             r.sources[*i].passes_reliability
                 && !m.is_negative
@@ -452,7 +452,6 @@ fn records_and_forced_photometry_agree_with_the_measurements() {
                 && m.trail_ndata == 0
                 && m.snr >= 10.0
                 && m.science_flux.is_finite()
-                && rec.dia_object_id.is_none()
         })
         .map(|(i, rec)| {
             let t = ForcedTarget {

@@ -92,6 +92,11 @@ pub fn run(args: DiffimArgs, config: &AppConfig) -> anyhow::Result<()> {
             "PSF-matching kernel sum at the centre".to_string(),
         ),
         (
+            "RESIDBKG".to_string(),
+            CardValue::Float(result.subtraction.residual_background),
+            "refitted residual background at the centre".to_string(),
+        ),
+        (
             "CONVOLV".to_string(),
             CardValue::Str(result.subtraction.convolved.into()),
             "image convolved by the matching kernel".to_string(),
@@ -114,12 +119,13 @@ pub fn run(args: DiffimArgs, config: &AppConfig) -> anyhow::Result<()> {
     apflow_prompt_proc::catalog::write_csv(&csv_path, &result.sources)?;
 
     println!(
-        "difference: {} ({}×{}, {} convolved, kernel sum {:.4}, {} stamps)",
+        "difference: {} ({}×{}, {} convolved, kernel sum {:.4}, residual background {:.3}, {} stamps)",
         diff_path.display(),
         result.difference.width(),
         result.difference.height(),
         result.subtraction.convolved,
         result.subtraction.kernel_sum,
+        result.subtraction.residual_background,
         result.subtraction.n_stamps_used
     );
     println!(
