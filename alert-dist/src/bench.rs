@@ -129,6 +129,7 @@ mod kafka {
                 visit,
                 detector: *d,
                 shutter_close,
+                readout_end: shutter_close,
                 alerts,
             })
         }))

@@ -57,6 +57,19 @@ pub static LATENCY_SINCE_SHUTTER_CLOSE_SECONDS: LazyLock<Histogram> = LazyLock::
     )
     .expect("metric names are unique")
 });
+/// End of readout until the broker acknowledged the alert (the 60 s budget's clock);
+/// on the embedded bus, until the alert was archived.
+pub static LATENCY_SINCE_READOUT_END_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        HistogramOpts::new(
+            "apflow_alerts_latency_since_readout_end_seconds",
+            "Time from the end of the detector's readout to the broker's acknowledgement \
+             (embedded bus: to archival), per alert; the 60 s budget applies to it."
+        )
+        .buckets(LATENCY_BUCKETS.to_vec())
+    )
+    .expect("metric names are unique")
+});
 /// Alerts written to the archive.
 pub static ARCHIVED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -114,5 +127,6 @@ pub fn register() {
         DELIVERY_FAILURES_TOTAL.with_label_values(&[outcome]);
     }
     LazyLock::force(&LATENCY_SINCE_SHUTTER_CLOSE_SECONDS);
+    LazyLock::force(&LATENCY_SINCE_READOUT_END_SECONDS);
     LazyLock::force(&ARCHIVED_TOTAL);
 }

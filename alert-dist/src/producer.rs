@@ -5,8 +5,10 @@
 //!   [`ProducerConfig::partitions`] partitions when missing. A consumer therefore never
 //!   meets a schema it cannot read with the reader schema of its major version.
 //! * **Messages**: value = the Confluent-framed alert ([`crate::wire`]), key = the
-//!   `diaSourceId` as decimal ASCII, header `producer_timestamp` = milliseconds since
-//!   the Unix epoch (decimal ASCII) when apflow handed the alert to the client.
+//!   `diaSourceId` as decimal ASCII; headers (milliseconds since the Unix epoch,
+//!   decimal ASCII) `producer_timestamp` = when apflow handed the alert to the client,
+//!   `shutter_close_timestamp` and `readout_end_timestamp` of the alert's detector, so
+//!   a consumer can measure the latency of each alert from the end of readout.
 //! * **Delivery**: an idempotent producer (`enable.idempotence=true`, so `acks=all`
 //!   and ordered, duplicate-free retries within a session), batched by `linger.ms`,
 //!   `batch.num.messages` and `batch.size`, compressed (none, lz4, zstd or snappy).
@@ -17,8 +19,9 @@
 //! * **Ledger**: alerts the broker acknowledged are recorded per (visit, detector)
 //!   ([`crate::ledger`]); a rerun sends only the others.
 //! * **Metrics** (from delivery reports, once per detector batch): alerts and bytes
-//!   acknowledged, skipped, failed deliveries, and the latency from shutter close to
-//!   acknowledgement per alert ([`crate::metrics`]).
+//!   acknowledged, skipped, failed deliveries, and the latency per alert from shutter
+//!   close and from end of readout to acknowledgement ([`crate::metrics`]); the latter
+//!   also goes, per visit, into `VisitComplete` ([`VisitTally`]).
 //! * **VisitComplete**: [`VisitTally`] gathers detector outcomes into the
 //!   `apflow_core::events::VisitComplete` event.
 //!
@@ -29,6 +32,7 @@ use std::time::Duration;
 
 use apflow_core::events::VisitComplete;
 use apflow_core::ids::{DetectorId, VisitId};
+use apflow_core::latency::LatencySummary;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +58,11 @@ pub struct DetectorAlerts<'a> {
     pub visit: VisitId,
     /// The detector.
     pub detector: DetectorId,
-    /// Shutter close of the visit, UTC (latency is measured from it).
+    /// Shutter close of the visit, UTC.
     pub shutter_close: DateTime<Utc>,
+    /// End of the detector's readout, UTC: the alert latency budget (60 s) is measured
+    /// from it.
+    pub readout_end: DateTime<Utc>,
     /// The alerts.
     pub alerts: &'a [FramedAlert],
 }
@@ -163,7 +170,7 @@ impl ProducerConfig {
 }
 
 /// What happened to one detector's alerts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DetectorReport {
     /// Alerts acknowledged by the broker in this call.
     pub sent: u32,
@@ -171,6 +178,9 @@ pub struct DetectorReport {
     pub skipped: u32,
     /// Wire bytes acknowledged in this call.
     pub bytes: u64,
+    /// Per alert acknowledged in this call, seconds from the end of the detector's
+    /// readout to the acknowledgement.
+    pub latencies_s: Vec<f64>,
 }
 
 /// Gathers the outcome of each detector of a visit into a
@@ -183,6 +193,7 @@ pub struct VisitTally {
     done: BTreeSet<DetectorId>,
     failed: BTreeSet<DetectorId>,
     alerts: u64,
+    latencies_s: Vec<f64>,
 }
 
 impl VisitTally {
@@ -194,6 +205,7 @@ impl VisitTally {
             done: BTreeSet::new(),
             failed: BTreeSet::new(),
             alerts: 0,
+            latencies_s: Vec::new(),
         }
     }
 
@@ -203,6 +215,7 @@ impl VisitTally {
         self.failed.remove(&detector);
         if self.done.insert(detector) {
             self.alerts += u64::from(report.sent) + u64::from(report.skipped);
+            self.latencies_s.extend_from_slice(&report.latencies_s);
         }
     }
 
@@ -232,6 +245,7 @@ impl VisitTally {
             detectors_done: self.done.len() as u32,
             detectors_failed: self.failed.iter().copied().collect(),
             completed_at,
+            latency: LatencySummary::of(&self.latencies_s),
         }
     }
 }
@@ -260,6 +274,7 @@ mod tests {
         let r = DetectorReport {
             sent: 5,
             skipped: 2,
+            latencies_s: vec![10.0, 11.0, 12.0, 13.0, 70.0],
             ..Default::default()
         };
         t.failed(DetectorId(2));
@@ -276,5 +291,11 @@ mod tests {
         assert_eq!(e.detectors_expected, 3);
         assert_eq!(e.detectors_done, 2);
         assert_eq!(e.detectors_failed, vec![DetectorId(3)]);
+        // The latencies of the two detectors done, each counted once.
+        let l = e.latency.expect("alerts were sent");
+        assert_eq!(l.count, 10);
+        assert_eq!((l.p50_s, l.max_s), (12.0, 70.0));
+        assert!((l.within_budget - 0.8).abs() < 1e-12);
+        assert_eq!(VisitTally::new(v, 1).event(at).latency, None);
     }
 }

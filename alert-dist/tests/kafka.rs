@@ -152,12 +152,14 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
     let sent_before = metrics::SENT_TOTAL.get();
     let mut tally = VisitTally::new(visit, 3);
     let shutter_close = Utc::now();
+    let readout_end = shutter_close + chrono::TimeDelta::seconds(2);
     for (det, a) in &batches {
         let r = producer
             .send_detector(DetectorAlerts {
                 visit,
                 detector: DetectorId(*det),
                 shutter_close,
+                readout_end,
                 alerts: a,
             })
             .await
@@ -171,11 +173,22 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
             ledger.count(visit, DetectorId(*det)).unwrap() as usize,
             a.len()
         );
+        // One latency per acknowledged alert, from the end of readout (2 s after the
+        // shutter closed, so none is negative) to its acknowledgement.
+        assert_eq!(r.latencies_s.len(), a.len());
+        assert!(
+            r.latencies_s.iter().all(|l| (-2.5..60.0).contains(l)),
+            "{r:?}"
+        );
         tally.done(DetectorId(*det), &r);
     }
     tally.failed(DetectorId(12));
     let event = tally.event(Utc::now());
     assert_eq!((event.n_alerts as usize, event.detectors_done), (total, 2));
+    assert_eq!(
+        event.latency.expect("alerts were sent").count as usize,
+        total
+    );
     assert_eq!(metrics::SENT_TOTAL.get() - sent_before, total as u64);
 
     // Everything arrives once, keyed by diaSourceId, with the exact bytes.
@@ -200,6 +213,7 @@ async fn alerts_reach_the_broker_once_and_the_archive_keeps_them() {
                 visit,
                 detector: DetectorId(*det),
                 shutter_close,
+                readout_end,
                 alerts: a,
             })
             .await
@@ -295,6 +309,7 @@ async fn undeliverable_alerts_are_retried_then_reported_and_not_recorded() {
             visit,
             detector: DetectorId(1),
             shutter_close: Utc::now(),
+            readout_end: Utc::now(),
             alerts: &a,
         })
         .await
@@ -333,6 +348,7 @@ async fn every_compression_setting_delivers_the_exact_bytes() {
                 visit,
                 detector: DetectorId(1),
                 shutter_close: Utc::now(),
+                readout_end: Utc::now(),
                 alerts: &batch,
             })
             .await

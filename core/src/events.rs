@@ -326,6 +326,12 @@ pub struct VisitComplete {
     pub detectors_failed: Vec<DetectorId>,
     /// When the visit was declared complete, UTC.
     pub completed_at: DateTime<Utc>,
+    /// Per alert of the visit sent in this run, seconds from the end of its detector's
+    /// readout to its acknowledgement by Kafka (on the embedded bus: to its archival),
+    /// against the 60 s budget; `None` when no alert was sent. Absent in events of
+    /// older producers (a compatible addition to version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<crate::latency::LatencySummary>,
 }
 
 impl Event for VisitComplete {
@@ -494,6 +500,29 @@ mod tests {
                 .reason(),
             "not_an_envelope"
         );
+    }
+
+    #[test]
+    fn a_visit_complete_without_latency_still_decodes() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).unwrap();
+        let mut e = VisitComplete {
+            visit: VisitId::new(20261122, 5).unwrap(),
+            n_alerts: 3,
+            detectors_expected: 2,
+            detectors_done: 2,
+            detectors_failed: vec![],
+            completed_at: t,
+            latency: crate::latency::LatencySummary::of(&[3.0, 4.0, 5.0]),
+        };
+        let with = encode(&e);
+        assert_eq!(decode::<VisitComplete>(&with).unwrap(), e);
+        // An older producer's event has no latency field.
+        let v: serde_json::Value = serde_json::from_slice(&with).unwrap();
+        assert_eq!(v["payload"]["latency"]["p98_s"], 5.0, "{v}");
+        e.latency = None;
+        let without = encode(&e);
+        assert!(!String::from_utf8_lossy(&without).contains("latency"));
+        assert_eq!(decode::<VisitComplete>(&without).unwrap(), e);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod geom;
 pub mod ids;
+pub mod latency;
 pub mod telemetry;
 pub mod time;
 pub mod wcs;

@@ -134,6 +134,7 @@ fn visit_complete(seq: u32) -> VisitComplete {
         detectors_done: 3,
         detectors_failed: vec![DetectorId(3)],
         completed_at: t0() + chrono::Duration::seconds(30),
+        latency: apflow_core::latency::LatencySummary::of(&[1.5, 2.0, 61.0]),
     }
 }
 

@@ -36,8 +36,7 @@ use thiserror::Error;
 
 use crate::night::{Night, NightError, load_night, pick_night};
 
-/// Rubin's latency budget for alerts, seconds (LPM-17, OTT1).
-pub const LATENCY_BUDGET_S: f64 = 60.0;
+pub use apflow_core::latency::{LATENCY_BUDGET_S, LatencySummary, quantile};
 
 /// Seconds per day.
 const DAY: f64 = 86_400.0;
@@ -151,6 +150,10 @@ pub struct VisitCount {
     pub alerts: u64,
     /// Detectors with alerts.
     pub detectors: usize,
+    /// Per alert of the visit, seconds from the end of its detector's readout until
+    /// the detector's alerts were handed on (from the records; `None` without them):
+    /// the fraction within the 60 s budget and p50/p95/p98/max.
+    pub latency: Option<LatencySummary>,
 }
 
 /// Alerts of one detector over the night.
@@ -246,15 +249,6 @@ pub struct NightReport {
     pub latency: Option<LatencyReport>,
 }
 
-/// The value at quantile `q` of sorted values (nearest rank; NaN when empty).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Seconds per stage over many detectors, stages in the order first seen.
 #[derive(Debug, Default)]
 pub struct StageTimes(Vec<(String, Vec<f64>)>);
@@ -309,6 +303,14 @@ pub fn build_report(night: Option<&Night>, records: &[DetectorRecord]) -> NightR
             }
         }
     }
+    let mut visit_latencies: BTreeMap<VisitId, Vec<f64>> = BTreeMap::new();
+    for r in records {
+        let l = r.latency_s();
+        visit_latencies
+            .entry(r.visit)
+            .or_default()
+            .extend(std::iter::repeat_n(l, r.n_alerts as usize));
+    }
     let mut per_detector: BTreeMap<DetectorId, (u64, usize)> = BTreeMap::new();
     let mut visit_counts: Vec<VisitCount> = visits
         .iter()
@@ -323,6 +325,9 @@ pub fn build_report(night: Option<&Night>, records: &[DetectorRecord]) -> NightR
                 time_mjd_tai: *t,
                 alerts: dets.values().sum(),
                 detectors: dets.len(),
+                latency: visit_latencies
+                    .get(&visit)
+                    .and_then(|l| LatencySummary::of(l)),
             }
         })
         .collect();

@@ -166,13 +166,18 @@ impl AlertProducer {
         metrics::SKIPPED_TOTAL.inc_by(u64::from(report.skipped));
 
         let total = todo.len();
+        let shutter_close = batch.shutter_close.timestamp_millis().to_string();
+        let readout_end = batch.readout_end.timestamp_millis().to_string();
         let sent = send_framed(
             &self.producer,
             &self.topic,
             (batch.visit, batch.detector),
             batch.alerts,
             todo,
-            &[],
+            &[
+                ("shutter_close_timestamp", shutter_close.as_bytes()),
+                ("readout_end_timestamp", readout_end.as_bytes()),
+            ],
             self.config.retries,
         )
         .await;
@@ -194,10 +199,13 @@ impl AlertProducer {
             .sum();
         metrics::SENT_TOTAL.inc_by(delivered.len() as u64);
         metrics::SENT_BYTES_TOTAL.inc_by(report.bytes);
+        let seconds = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6;
         for (_, at) in &sent.delivered {
-            let since = *at - batch.shutter_close;
             metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS
-                .observe(since.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6);
+                .observe(seconds(*at - batch.shutter_close));
+            let since_readout = seconds(*at - batch.readout_end);
+            metrics::LATENCY_SINCE_READOUT_END_SECONDS.observe(since_readout);
+            report.latencies_s.push(since_readout);
         }
         if let Some(first) = sent.failed.first() {
             return Err(ProduceError::Undelivered {

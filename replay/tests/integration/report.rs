@@ -56,6 +56,20 @@ fn latency_percentiles_and_stage_medians_from_records() {
     assert_eq!(r.visits[0].visit, fixture::visit_id(0));
     assert_eq!(r.visits[0].alerts, (0..10).map(|i| i % 3).sum::<u64>());
     assert_eq!(r.alerts, (0..101).map(|i| i % 3).sum::<u64>());
+    // Per visit, per alert: visit 0's nine alerts wait 1.25 s (1 alert), 2.25 s (2),
+    // 4.25 s (1), 5.25 s (2), 7.25 s (1), 8.25 s (2); all of visit 6's exceed 60 s.
+    let v0 = r.visits[0]
+        .latency
+        .as_ref()
+        .expect("records give visit latencies");
+    assert_eq!(v0.count, 9);
+    assert!(
+        (v0.p50_s - 5.25).abs() < 1e-3 && (v0.max_s - 8.25).abs() < 1e-3,
+        "{v0:?}"
+    );
+    assert_eq!(v0.within_budget, 1.0);
+    let v6 = r.visits[6].latency.as_ref().unwrap();
+    assert_eq!((v6.count, v6.within_budget), (9, 0.0));
 }
 
 #[test]
