@@ -223,6 +223,19 @@ impl<'a, C: Clock> VisitPacer<'a, C> {
     }
 }
 
+/// How far the visits' actual spacing was from the planned one: the largest |actual −
+/// planned| spacing between consecutive visits, seconds, and the largest such error
+/// relative to a planned spacing > 0 (0.05 = 5 %). Zero for fewer than two visits.
+pub fn spacing_error(visits: &[PacedVisit]) -> (f64, f64) {
+    visits.windows(2).fold((0.0, 0.0), |(abs, rel), w| {
+        let planned = (w[1].due.as_secs_f64() - w[0].due.as_secs_f64()).max(0.0);
+        let actual = (w[1].due + w[1].late).as_secs_f64() - (w[0].due + w[0].late).as_secs_f64();
+        let e = (actual - planned).abs();
+        let r = if planned > 0.0 { e / planned } else { 0.0 };
+        (f64::max(abs, e), f64::max(rel, r))
+    })
+}
+
 /// How a raw file reached the landing area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Landing {
@@ -430,6 +443,18 @@ mod tests {
             .map(|v| v.2)
             .collect();
         assert_eq!(lates, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        // The spacing error: 3 s achieved for 2 s planned is 1 s, 50 %.
+        let visit = |due: u64, late_ms: u64| PacedVisit {
+            visit_index: 0,
+            due: Duration::from_secs(due),
+            late: Duration::from_millis(late_ms),
+        };
+        assert_eq!(
+            spacing_error(&[visit(0, 0), visit(2, 1000), visit(4, 2000)]),
+            (1.0, 0.5)
+        );
+        assert_eq!(spacing_error(&[visit(0, 0), visit(2, 0)]), (0.0, 0.0));
+        assert_eq!(spacing_error(&[visit(0, 0), visit(0, 100)]).1, 0.0);
         // Cadence 0 and --speed max: every visit at once.
         for p in [
             pacing(&sim, None, None, Duration::ZERO).unwrap(),

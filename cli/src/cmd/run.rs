@@ -58,7 +58,9 @@ use clap::Args;
 use tokio::sync::{Semaphore, watch};
 
 use super::apdb::ApdbSection;
-use super::camera::{Camera, VisitPacer, missing_raw_files, read_out, visit_schedule};
+use super::camera::{
+    Camera, VisitPacer, missing_raw_files, read_out, spacing_error, visit_schedule,
+};
 use super::simulate::{NightArgs, progress_bar};
 use crate::config::AppConfig;
 
@@ -968,11 +970,11 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let clock = RealClock::start();
     let mut pacer = VisitPacer::new(&schedule, &clock);
-    let mut latest_start = Duration::ZERO;
+    let mut started = Vec::with_capacity(schedule.visits.len());
     while let Some(paced) = pacer.next().await {
         let i = paced.visit_index;
         let plan = &night.visits()[i];
-        latest_start = latest_start.max(paced.late);
+        started.push(paced);
         publisher.publish(&next_visits[i]).await?;
         crate::cmd::VISITS_TOTAL.inc();
         tracing::info!(
@@ -1031,11 +1033,15 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
 
     camera_seconds.sort_by(f64::total_cmp);
     println!("summary");
+    let latest = started.iter().map(|v| v.late).max().unwrap_or_default();
+    let (spacing_abs, spacing_rel) = spacing_error(&started);
     println!(
-        "  visits          {} read out ({}), the latest {:.3} s after its slot",
+        "  visits          {} read out ({}): the latest {:.3} s after its slot; spacing vs schedule max |error| {:.3} s, {:.2}%",
         selected.len(),
         super::replay::describe(&pacing_opts.pacing),
-        latest_start.as_secs_f64()
+        latest.as_secs_f64(),
+        spacing_abs,
+        100.0 * spacing_rel
     );
     // Ids derive from visit and detector (see cmd::camera): no replay generation.
     println!(
@@ -1054,8 +1060,12 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         println!("    dead letter: {} ({})", l.reason, l.detail);
     }
     println!(
-        "  camera          {:.2} s median per detector image (render + write), {:.1} MB ingested",
+        "  camera          {:.2} s median per detector image ({}), {:.1} MB ingested",
         super::quantile(&camera_seconds, 0.5),
+        match &*camera {
+            Camera::Simulator => "render + write",
+            Camera::Raw { .. } => "link or copy",
+        },
         bytes as f64 / 1e6
     );
     println!(
