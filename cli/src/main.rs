@@ -28,8 +28,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a simulated night through every available stage in one process, on the
-    /// embedded backends, and print a summary (alerts, latency).
+    /// Run a simulated night — or, with `--raw DIR`, a night directory of raw images
+    /// replayed at its original pacing, faster or at a cadence — through every available
+    /// stage in one process, on the embedded backends, and print a summary (alerts,
+    /// latency).
     Run(cmd::run::RunArgs),
     /// Write a simulated night (raw images, truth, calibrations, templates, reference
     /// catalogue) to a directory.
@@ -57,7 +59,8 @@ enum Command {
     #[command(subcommand)]
     Archive(cmd::archive::ArchiveCommand),
     /// Send a night of the alert archive again — paced like the original, faster, or
-    /// at a fixed visit cadence — to a directory or a Kafka topic, with fresh ids.
+    /// at a fixed visit cadence — to a directory or a Kafka topic, with fresh ids. (Raw
+    /// images through the whole pipeline: `apflow run --raw DIR`.)
     Replay(cmd::replay::ReplayArgs),
     /// The night report: alerts per visit and detector, latency against the 60 s
     /// budget, stage times; PNG plots and a JSON summary.

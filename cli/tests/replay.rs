@@ -1,6 +1,9 @@
-//! `apflow replay` and `apflow report` end to end on a small synthetic archive.
+//! `apflow replay` and `apflow report` end to end on a small synthetic archive, and
+//! `apflow run --raw`: a simulated night's raw images through the whole pipeline.
 
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::packet::{AlertEncoder, AssembleConfig, assemble};
@@ -89,4 +92,183 @@ fn replay_to_a_directory_with_fresh_ids_then_report_on_it() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("speed \"fast\""));
+}
+
+/// Science settings for 1024² detectors, which hold fewer stars than the defaults (set
+/// for 4096²) ask for (as cli/tests/cli.rs).
+const SMALL_DETECTORS: &str = "[science.psf]\nmin_stars = 4\nmin_stars_per_term = 4\n\
+     [science.astrometry]\nmin_matches = 4\n\
+     [science.photometry]\nmin_stars = 3\n\
+     [science.subtract]\nmin_stamps = 8\n";
+
+/// The night both runs see: 2 visits × 2 detectors of 1024², one snap.
+const NIGHT: [&str; 8] = [
+    "--visits",
+    "2",
+    "--detectors",
+    "2",
+    "--size",
+    "1024",
+    "--seed",
+    "7",
+];
+
+fn run(args: &[&str], config: &Path, out: &Path) -> (Output, String) {
+    let o = apflow()
+        .arg("run")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .args(["--metrics-listen", "", "--workers", "2", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o, stdout)
+}
+
+/// The numbers on the summary line starting with `prefix`.
+fn numbers(out: &str, prefix: &str) -> Vec<usize> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("  {prefix} ")))
+        .unwrap_or_else(|| panic!("no {prefix} line: {out}"));
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
+/// Ids of the alerts in an archive (`alerts/<id>.avro.gz`).
+fn archived_ids(archive: &Path) -> BTreeSet<i64> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&archive.join("alerts"), &mut files);
+    files
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .strip_suffix(".avro.gz")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_raw_replay_reproduces_the_live_runs_alerts_and_dead_letters_a_corrupt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, SMALL_DETECTORS).unwrap();
+    let night = dir.path().join("night");
+    let o = apflow()
+        .arg("simulate")
+        .args(NIGHT)
+        .arg("--out")
+        .arg(&night)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The live run of the same spec, and the raw replay of the simulated night.
+    let live = dir.path().join("live");
+    let (_, live_out) = run(&NIGHT, &config, &live);
+    let replayed = dir.path().join("replayed");
+    let mut args = vec!["--raw", night.to_str().unwrap(), "--speed", "max"];
+    let (_, out) = run(&args, &config, &replayed);
+    assert!(out.contains("raw images from"), "{out}");
+    assert!(out.contains("as fast as possible: 2 of 2 visits"), "{out}");
+    assert!(
+        out.contains("4 read out, 4 ingested, 0 dead-lettered"),
+        "{out}"
+    );
+    assert!(out.contains("ids             original"), "{out}");
+    // The same detectors processed and the same number of alerts archived.
+    let processed = numbers(&out, "processed");
+    assert_eq!(processed[..2], [4, 0], "{out}");
+    assert_eq!(
+        processed[..3],
+        numbers(&live_out, "processed")[..3],
+        "{live_out}\n{out}"
+    );
+    let alerts = numbers(&out, "alerts")[0];
+    assert!(alerts > 0, "{out}");
+    assert_eq!(alerts, numbers(&live_out, "alerts")[0], "{live_out}\n{out}");
+    assert_eq!(
+        numbers(&out, "visits complete")[..3],
+        [2, 2, alerts],
+        "{out}"
+    );
+    // The very same alert ids: they derive from visit and detector.
+    let ids = archived_ids(&replayed.join("archive"));
+    assert_eq!(ids.len(), alerts);
+    assert_eq!(ids, archived_ids(&live.join("archive")));
+    // Calibrations, templates and refcat were the night's: none written to the output.
+    assert!(!replayed.join("calib").exists());
+    assert!(!replayed.join("templates").exists());
+    assert!(replayed.join("records.jsonl").is_file());
+
+    // One raw file of the first visit corrupt: ingest dead-letters it, the other
+    // detector is processed. Only the first visit (--limit-visits 1), at a cadence.
+    let visit_dir = std::fs::read_dir(night.join("raw"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let victim = std::fs::read_dir(&visit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    // A new file, not the inode the first replay's landing area links to.
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(&victim, b"SIMPLE  = not a FITS file").unwrap();
+    let again = dir.path().join("corrupt");
+    args = vec![
+        "--raw",
+        night.to_str().unwrap(),
+        "--cadence",
+        "1s",
+        "--limit-visits",
+        "1",
+    ];
+    let (_, out) = run(&args, &config, &again);
+    assert!(out.contains("one visit every 1s: 1 of 2 visits"), "{out}");
+    assert!(
+        out.contains("2 read out, 1 ingested, 1 dead-lettered"),
+        "{out}"
+    );
+    assert!(out.contains("dead letter: "), "{out}");
+    assert_eq!(numbers(&out, "processed")[..2], [1, 0], "{out}");
+    // The visit completes with its failed detector counted.
+    assert_eq!(numbers(&out, "visits complete")[..2], [1, 1], "{out}");
+
+    // Replaying into the night directory itself is refused, not a crash.
+    let o = apflow()
+        .args(["run", "--raw"])
+        .arg(&night)
+        .args(["--speed", "max", "--metrics-listen", "", "--out"])
+        .arg(&night)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("own output directory"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

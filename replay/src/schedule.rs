@@ -2,9 +2,11 @@
 //! offset (from the start of the replay) for every visit and every detector burst.
 //!
 //! * [`Pacing::Original`] keeps the night's rhythm: visit `k` is sent at
-//!   `(t_k − t_0) × 86400 / speed` seconds, `t` the visit's earliest DiaSource
-//!   `midpointMjdTai` (MJD TAI). At speed 1 the inter-visit spacing of the original
-//!   night is reproduced; at speed 10 it is a tenth.
+//!   `(t_k − t_0) × 86400 / speed` seconds, `t` the visit's time (MJD TAI): for an
+//!   archived night its earliest DiaSource `midpointMjdTai` ([`Schedule::new`]), for a
+//!   night of raw images (`apflow run --raw`) its shutter open ([`Schedule::from_times`]
+//!   with [`VisitTime`]). At speed 1 the inter-visit spacing of the original night is
+//!   reproduced; at speed 10 it is a tenth.
 //! * [`Pacing::Max`]: every offset is zero — as fast as the sink takes the alerts.
 //! * [`Pacing::Cadence`]: visit `k` (of those selected) at `k × every`, whatever the
 //!   original times, like Rubin's alert stream simulator (a visit every ~37 s).
@@ -176,10 +178,35 @@ pub struct Schedule {
     pub visits: Vec<VisitSlot>,
 }
 
+/// One visit to plan, whatever is replayed: its time and its number of detector
+/// bursts. An archived night's visits ([`VisitAlerts`]) give their earliest DiaSource
+/// `midpointMjdTai`; a night of raw images gives each visit's shutter open.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VisitTime {
+    /// The visit's time, MJD TAI: the window selects on it and original pacing keeps
+    /// its spacing.
+    pub mjd_tai: f64,
+    /// Detector bursts of the visit.
+    pub bursts: usize,
+}
+
 impl Schedule {
     /// Builds the plan for `visits` (in time order, as [`crate::night::Night`] keeps
     /// them).
     pub fn new(visits: &[VisitAlerts], opts: &ScheduleOptions) -> Result<Self, ScheduleError> {
+        let times: Vec<VisitTime> = visits
+            .iter()
+            .map(|v| VisitTime {
+                mjd_tai: v.midpoint_mjd_tai,
+                bursts: v.detectors.len(),
+            })
+            .collect();
+        Self::from_times(&times, opts)
+    }
+
+    /// Builds the plan for visits given by their times (in time order); the slots'
+    /// `visit_index` index `visits`.
+    pub fn from_times(visits: &[VisitTime], opts: &ScheduleOptions) -> Result<Self, ScheduleError> {
         if let (Some(from), Some(to)) = (opts.from, opts.to)
             && from >= to
         {
@@ -189,27 +216,24 @@ impl Schedule {
             .iter()
             .enumerate()
             .filter(|(_, v)| {
-                opts.from.is_none_or(|f| v.midpoint_mjd_tai >= f)
-                    && opts.to.is_none_or(|t| v.midpoint_mjd_tai < t)
+                opts.from.is_none_or(|f| v.mjd_tai >= f) && opts.to.is_none_or(|t| v.mjd_tai < t)
             })
             .map(|(i, _)| i)
             .take(opts.limit_visits.unwrap_or(usize::MAX))
             .collect();
-        let t0 = selected
-            .first()
-            .map_or(0.0, |&i| visits[i].midpoint_mjd_tai);
+        let t0 = selected.first().map_or(0.0, |&i| visits[i].mjd_tai);
         let slots = selected
             .iter()
             .enumerate()
             .map(|(k, &i)| {
                 let offset = match opts.pacing {
-                    Pacing::Original { speed } => Duration::from_secs_f64(
-                        ((visits[i].midpoint_mjd_tai - t0) * DAY / speed).max(0.0),
-                    ),
+                    Pacing::Original { speed } => {
+                        Duration::from_secs_f64(((visits[i].mjd_tai - t0) * DAY / speed).max(0.0))
+                    }
                     Pacing::Max => Duration::ZERO,
                     Pacing::Cadence { every } => every.saturating_mul(k as u32),
                 };
-                let n = visits[i].detectors.len().max(1);
+                let n = visits[i].bursts.max(1);
                 let spread = match opts.pacing {
                     Pacing::Max => Duration::ZERO,
                     _ => opts.detector_spread,
@@ -217,7 +241,7 @@ impl Schedule {
                 VisitSlot {
                     visit_index: i,
                     offset,
-                    bursts: (0..visits[i].detectors.len())
+                    bursts: (0..visits[i].bursts)
                         .map(|j| BurstSlot {
                             detector_index: j,
                             offset: offset + spread.mul_f64(j as f64 / n as f64),

@@ -9,6 +9,7 @@ pub mod apdb;
 pub mod archive;
 pub mod bench;
 pub mod bench_alerts;
+pub mod camera;
 pub mod config;
 pub mod diffim;
 pub mod filter;

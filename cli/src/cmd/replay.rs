@@ -24,7 +24,9 @@ use crate::config::AppConfig;
 /// `apflow replay` arguments.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The alert archive to read (its `nights/<day_obs>/alerts-<id>.avro` files).
+    /// The alert archive to read (its `nights/<day_obs>/alerts-<id>.avro` files). To
+    /// replay a night of raw images through the whole pipeline instead, at the same
+    /// pacing: `apflow run --raw DIR`.
     #[arg(long, env = "APFLOW_ARCHIVE_DIR")]
     pub archive: PathBuf,
     /// The night, YYYYMMDD (default: the archive's only night).
@@ -162,7 +164,8 @@ pub async fn run(args: ReplayArgs, config: &AppConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(p: &Pacing) -> String {
+/// The pacing in words, for banners and summaries.
+pub fn describe(p: &Pacing) -> String {
     match p {
         Pacing::Original { speed } => format!("original spacing ×{speed}"),
         Pacing::Max => "as fast as possible".into(),

@@ -1,8 +1,9 @@
 //! `apflow run`: a simulated night through every stage that exists, in one process on
 //! the embedded backends, ending with a summary of what happened and how fast.
 //!
-//! Stages today: scheduler (`NextVisit`), camera (the simulator renders and writes each
-//! raw detector image), ingest (validates, checksums, `RawImageReady` or a dead letter),
+//! Stages today: scheduler (`NextVisit`), camera (`super::camera`: the simulator renders
+//! and writes each raw detector image, or `--raw DIR` lands a night directory's raw
+//! files, each visit at its paced time), ingest (validates, checksums, `RawImageReady` or a dead letter),
 //! process (once every snap of a detector has arrived: the science core, then the
 //! association stage — APDB history read, association with DiaObjects and the
 //! simulator's solar-system ephemerides, forced photometry, one idempotent APDB store —
@@ -40,7 +41,6 @@ use apflow_core::geom::SkyPolygon;
 use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
 use apflow_core::telemetry::{events::StageFinished, http};
 use apflow_core::time::MjdTai;
-use apflow_ingest::{ReadoutTimes, dead_letter, ingest_file};
 use apflow_prompt_proc::apdb_stage::{
     AssociateError, Associated, DetectorVisit, associate_and_store, dia_source_records,
     forced_photometry,
@@ -49,13 +49,18 @@ use apflow_prompt_proc::association::{AssociationConfig, SsPrediction};
 use apflow_prompt_proc::cutout::CutoutSet;
 use apflow_prompt_proc::pipeline::DetectorResult;
 use apflow_prompt_proc::service::ProcessContext;
+use apflow_replay::clock::RealClock;
 use apflow_replay::report::DetectorRecord;
-use apflow_sim::{Night, NightSpec, write_raw_fits};
+use apflow_replay::schedule::{ScheduleOptions, parse_time};
+use apflow_sim::{Night, NightSpec};
 use chrono::Utc;
 use clap::Args;
 use tokio::sync::{Semaphore, watch};
 
 use super::apdb::ApdbSection;
+use super::camera::{
+    Camera, VisitPacer, missing_raw_files, read_out, spacing_error, visit_schedule,
+};
 use super::simulate::{NightArgs, progress_bar};
 use crate::config::AppConfig;
 
@@ -68,9 +73,29 @@ pub struct RunArgs {
     /// Working directory for the night's images and products.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replay a night directory of raw images (`apflow simulate --out DIR`) through
+    /// the whole pipeline instead of simulating one: its `night.json`, calibrations,
+    /// templates and reference catalogue, each raw file read out at its visit's paced
+    /// time (see --speed, --cadence, --from, --to, --limit-visits; without --speed or
+    /// --cadence, the original pacing at ×1).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["visits", "detectors", "size", "seed", "profile", "snaps"])]
+    pub raw: Option<PathBuf>,
     /// Time between visits (e.g. `37s`); `0s` runs as fast as possible.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub cadence: Option<Duration>,
+    /// Pace visits by the night's original start times instead: a speed factor over
+    /// their spacing (1, 10, x10, 0.5) or `max`.
+    #[arg(long, conflicts_with = "cadence")]
+    pub speed: Option<String>,
+    /// Only visits starting at or after this time (MJD TAI, or ISO 8601 UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only visits starting before this time (MJD TAI, or ISO 8601 UTC).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// At most this many visits (after --from/--to).
+    #[arg(long)]
+    pub limit_visits: Option<usize>,
     /// Detectors processed at once (default: the number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -716,81 +741,6 @@ async fn process_detector(
     }))
 }
 
-/// Camera and ingest for one detector image: render, write, validate, announce.
-/// Returns the camera's seconds and ingest's dead letter when it refused the image.
-async fn read_out(
-    night: Arc<Night>,
-    publisher: EventPublisher,
-    out: PathBuf,
-    visit_index: usize,
-    detector: DetectorId,
-    snap: u8,
-) -> anyhow::Result<(f64, Option<DeadLetter>)> {
-    let plan = &night.visits()[visit_index];
-    let visit = plan.visit;
-    let path = apflow_sim::night::raw_path(&out, visit, snap, detector);
-    // The shutter closes now; the readout ends when the file is written.
-    let shutter_close = Utc::now();
-    let started = Instant::now();
-    let n = night.clone();
-    let p = path.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let raw = n.render_raw(visit_index, detector, snap)?;
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        write_raw_fits(&raw, &p)?;
-        Ok(())
-    })
-    .await??;
-    let camera_s = started.elapsed().as_secs_f64();
-    StageFinished {
-        stage: "camera",
-        seconds: camera_s,
-        since_readout: None,
-    }
-    .emit();
-    let readout_end = Utc::now();
-
-    let ingest_started = Instant::now();
-    let p = path.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        ingest_file(
-            &p,
-            Some(ReadoutTimes {
-                shutter_close,
-                readout_end,
-            }),
-        )
-    })
-    .await?;
-    match result {
-        Ok(event) => {
-            publisher.publish(&event).await?;
-            StageFinished {
-                stage: "ingest",
-                seconds: ingest_started.elapsed().as_secs_f64(),
-                since_readout: Some((Utc::now() - readout_end).as_seconds_f64()),
-            }
-            .emit();
-            tracing::debug!(
-                visit = visit.0,
-                detector = detector.0,
-                snap,
-                "Raw image ingested."
-            );
-            Ok((camera_s, None))
-        }
-        Err(e) => {
-            let mut letter = dead_letter(&path, &e);
-            letter.visit = Some(visit);
-            letter.detector = Some(detector);
-            publisher.dead_letter(&letter).await?;
-            Ok((camera_s, Some(letter)))
-        }
-    }
-}
-
 /// The Kafka producer of the alert stream when the bus is Kafka (`kafka://brokers`),
 /// with its ledger in `<out>/alerts-ledger.sqlite` and its topic created if missing.
 #[cfg(feature = "kafka")]
@@ -838,10 +788,40 @@ fn write_records(path: &std::path::Path, done: &[DetectorOutcome]) -> anyhow::Re
 /// Runs the night.
 pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let wall = Instant::now();
-    let spec: NightSpec = args.night.apply(&config.simulate);
-    spec.validate()?;
     let out = args.out.clone().unwrap_or_else(|| config.run.out.clone());
-    let cadence = args.cadence.unwrap_or(config.run.cadence);
+    // The camera: the simulator, or a night directory of raw images (its spec rebuilds
+    // the night); and when each visit is read out.
+    let camera = Arc::new(match &args.raw {
+        Some(dir) => Camera::Raw { dir: dir.clone() },
+        None => Camera::Simulator,
+    });
+    let night = match &*camera {
+        Camera::Simulator => {
+            let spec: NightSpec = args.night.apply(&config.simulate);
+            spec.validate()?;
+            tokio::task::spawn_blocking(move || Night::new(&spec)).await??
+        }
+        Camera::Raw { dir } => {
+            let (d, o) = (dir.clone(), out.clone());
+            tokio::task::spawn_blocking(move || super::camera::open_raw_night(&d, &o)).await??
+        }
+    };
+    let night = Arc::new(night);
+    let spec = night.spec().clone();
+    let pacing_opts = ScheduleOptions {
+        pacing: super::camera::pacing(
+            &camera,
+            args.speed.as_deref(),
+            args.cadence,
+            config.run.cadence,
+        )?,
+        detector_spread: Duration::ZERO,
+        from: args.from.as_deref().map(parse_time).transpose()?,
+        to: args.to.as_deref().map(parse_time).transpose()?,
+        limit_visits: args.limit_visits,
+    };
+    let schedule = visit_schedule(&night, &pacing_opts)?;
+    let selected: Vec<usize> = schedule.visits.iter().map(|v| v.visit_index).collect();
     let workers = match args.workers.unwrap_or(config.run.workers) {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -890,7 +870,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let publisher = EventPublisher::new(bus, topics);
 
     println!(
-        "night {}: {} visits × {} detectors × {} snap(s), {} px, {:?} profile, seed {} → {}",
+        "night {}: {} visits × {} detectors × {} snap(s), {} px, {:?} profile, seed {}, {} → {}",
         spec.day_obs,
         spec.visits,
         spec.detectors,
@@ -898,29 +878,54 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         spec.detector_size,
         spec.profile,
         spec.seed,
+        camera.describe(),
         out.display()
     );
-    let s = spec.clone();
-    let night = Arc::new(tokio::task::spawn_blocking(move || Night::new(&s)).await??);
-    let n = night.clone();
-    let o = out.clone();
-    let prep = Instant::now();
-    tokio::task::spawn_blocking(move || n.write_inputs(&o, |_| {})).await??;
+    match &*camera {
+        Camera::Simulator => {
+            let n = night.clone();
+            let o = out.clone();
+            let prep = Instant::now();
+            tokio::task::spawn_blocking(move || n.write_inputs(&o, |_| {})).await??;
+            println!(
+                "  calibrations, templates and reference catalogue ready in {:.1} s",
+                prep.elapsed().as_secs_f64()
+            );
+        }
+        Camera::Raw { dir } => {
+            println!(
+                "  calibrations, templates and reference catalogue from {}",
+                dir.display()
+            );
+            let missing = missing_raw_files(&night, dir, &selected);
+            if !missing.is_empty() {
+                println!(
+                    "  raw files       {} missing (each will be ingest's dead letter), e.g. {}",
+                    missing.len(),
+                    missing[0].display()
+                );
+            }
+        }
+    }
     println!(
-        "  calibrations, templates and reference catalogue ready in {:.1} s",
-        prep.elapsed().as_secs_f64()
+        "  pacing          {}: {} of {} visits",
+        super::replay::describe(&pacing_opts.pacing),
+        selected.len(),
+        night.visits().len()
     );
 
     let detectors: Vec<DetectorId> = night.detectors().iter().map(|d| DetectorId(d.id)).collect();
     let snaps = spec.snaps;
-    let images = night.visits().len() * detectors.len() * usize::from(snaps);
-    let n_detectors = night.visits().len() * detectors.len();
+    let images = selected.len() * detectors.len() * usize::from(snaps);
+    let n_detectors = selected.len() * detectors.len();
     let (expected_images, images_rx) = watch::channel(None);
     let accounting = tokio::spawn(account(publisher.clone(), images_rx));
     let o = out.clone();
     let science = config.science.clone();
-    let ctx =
-        Arc::new(tokio::task::spawn_blocking(move || ProcessContext::open(&o, science)).await??);
+    let inputs = camera.inputs_dir(&o).to_owned();
+    let ctx = Arc::new(
+        tokio::task::spawn_blocking(move || ProcessContext::open(&inputs, science)).await??,
+    );
     let apdb_url = match &args.apdb {
         Some(url) => url.clone(),
         None if config.apdb.url == ApdbSection::default().url => {
@@ -983,12 +988,13 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     bar.set_message("read out");
     let limit = Arc::new(Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
-    let night_started = Instant::now();
-    for (i, plan) in night.visits().iter().enumerate() {
-        let slot = cadence * i as u32;
-        if let Some(wait) = slot.checked_sub(night_started.elapsed()) {
-            tokio::time::sleep(wait).await;
-        }
+    let clock = RealClock::start();
+    let mut pacer = VisitPacer::new(&schedule, &clock);
+    let mut started = Vec::with_capacity(schedule.visits.len());
+    while let Some(paced) = pacer.next().await {
+        let i = paced.visit_index;
+        let plan = &night.visits()[i];
+        started.push(paced);
         publisher.publish(&next_visits[i]).await?;
         crate::cmd::VISITS_TOTAL.inc();
         tracing::info!(
@@ -1000,7 +1006,8 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         for &d in &detectors {
             for snap in 0..snaps {
                 let permit = limit.clone().acquire_owned().await?;
-                let (night, publisher, out, bar, refused_tx) = (
+                let (camera, night, publisher, out, bar, refused_tx) = (
+                    camera.clone(),
                     night.clone(),
                     publisher.clone(),
                     out.clone(),
@@ -1008,7 +1015,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
                     refused_tx.clone(),
                 );
                 tasks.spawn(async move {
-                    let r = read_out(night, publisher, out, i, d, snap).await;
+                    let r = read_out(camera, night, publisher, out, i, d, snap).await;
                     if let Ok((_, Some(_))) = &r {
                         // The process stage closes the visit's tally without it.
                         let _ = refused_tx.send((plan_visit, d));
@@ -1046,7 +1053,24 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
 
     camera_seconds.sort_by(f64::total_cmp);
     println!("summary");
-    println!("  visits          {}", night.visits().len());
+    let latest = started.iter().map(|v| v.late).max().unwrap_or_default();
+    let (spacing_abs, spacing_rel) = spacing_error(&started);
+    println!(
+        "  visits          {} read out ({}): the latest {:.3} s after its slot; spacing vs schedule max |error| {:.3} s, {:.2}%",
+        selected.len(),
+        super::replay::describe(&pacing_opts.pacing),
+        latest.as_secs_f64(),
+        spacing_abs,
+        100.0 * spacing_rel
+    );
+    // Ids derive from visit and detector (see cmd::camera): no replay generation.
+    println!(
+        "  ids             original (from visit and detector){}",
+        match &*camera {
+            Camera::Raw { .. } => ": the same as the live run's of this night into a fresh --out",
+            Camera::Simulator => "",
+        }
+    );
     println!(
         "  detector images {images} read out, {} ingested, {} dead-lettered",
         latencies.len(),
@@ -1056,8 +1080,12 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         println!("    dead letter: {} ({})", l.reason, l.detail);
     }
     println!(
-        "  camera          {:.2} s median per detector image (render + write), {:.1} MB ingested",
+        "  camera          {:.2} s median per detector image ({}), {:.1} MB ingested",
         super::quantile(&camera_seconds, 0.5),
+        match &*camera {
+            Camera::Simulator => "render + write",
+            Camera::Raw { .. } => "link or copy",
+        },
         bytes as f64 / 1e6
     );
     println!(
@@ -1123,7 +1151,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     println!(
         "  visits complete {visits_complete} of {} (VisitComplete published), {visit_alerts} alerts in them; \
          {within_budget} with p98 alert latency within 60 s",
-        night.visits().len()
+        selected.len()
     );
     let alert_latencies: Vec<f64> = processed
         .done
