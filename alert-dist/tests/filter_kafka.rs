@@ -78,7 +78,11 @@ async fn filtered_topics_on_kafka_hold_quotas_and_only_matching_alerts() {
         .map(|(k, a)| {
             let visit = visit0 + k as u64 % 3;
             a.dia_source.visit = VisitId(visit);
-            (a.dia_source.dia_source_id.0, visit, enc.to_framed(a).unwrap())
+            (
+                a.dia_source.dia_source_id.0,
+                visit,
+                enc.to_framed(a).unwrap(),
+            )
         })
         .collect();
     let mut records: Vec<Record> = xs
@@ -107,9 +111,14 @@ async fn filtered_topics_on_kafka_hold_quotas_and_only_matching_alerts() {
     let mut opts = FilterServiceOptions::new(&input, &FilterServiceConfig::default());
     opts.group.clone_from(&group);
     opts.idle_exit = Some(Duration::from_secs(10));
-    let service = FilterService::start(&bus, filters(&prefix), FilterSink::Bus(bus.clone()), opts.clone())
-        .await
-        .unwrap();
+    let service = FilterService::start(
+        &bus,
+        filters(&prefix),
+        FilterSink::Bus(bus.clone()),
+        opts.clone(),
+    )
+    .await
+    .unwrap();
     let summary = service.run(std::future::pending()).await.unwrap();
     assert_eq!(summary.consumed, xs.len() as u64 + 1);
     assert_eq!(summary.bad, 1);
@@ -130,7 +139,10 @@ async fn filtered_topics_on_kafka_hold_quotas_and_only_matching_alerts() {
         let n: u64 = expected.values().sum();
         assert!(n > 0, "{} forwards something", f.name);
         // Read the filter topic from the start until n arrived, then 3 s more.
-        let mut sub = bus.subscribe(&[f.topic.clone()], &unique("check")).await.unwrap();
+        let mut sub = bus
+            .subscribe(&[f.topic.clone()], &unique("check"))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < deadline {

@@ -212,7 +212,10 @@ impl FilterSink {
                     async move { bus.publish(r).await }
                 }))
                 .await;
-                results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+                results
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map_or(Ok(()), Err)
             }
         }
     }
@@ -276,6 +279,59 @@ pub struct FilterMatch {
     /// `diaSourceId`.
     #[serde(rename = "diaSourceId")]
     pub dia_source_id: i64,
+}
+
+/// One filter's lines of a matches log ([`read_matches_log`]): what the night report
+/// shows under "filter matches".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MatchLogTotals {
+    /// Filter name.
+    pub filter: String,
+    /// Its topic (the last one logged).
+    pub topic: String,
+    /// Alerts forwarded.
+    pub forwarded: u64,
+    /// Visits with at least one forwarded alert.
+    pub visits: u64,
+    /// The most alerts forwarded in one visit (at most the quota, unless a restart
+    /// forwarded some again).
+    pub max_per_visit: u64,
+}
+
+/// Per-filter totals of a matches log (JSON Lines of [`FilterMatch`], as written with
+/// [`FilterServiceOptions::matches_log`]), sorted by filter name.
+///
+/// # Errors
+/// The file cannot be read, or a line is not a [`FilterMatch`] (the message names the
+/// line).
+pub fn read_matches_log(path: &Path) -> Result<Vec<MatchLogTotals>, std::io::Error> {
+    use std::collections::BTreeMap;
+    let text = std::fs::read_to_string(path)?;
+    let mut per: BTreeMap<String, (String, BTreeMap<u64, u64>)> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: FilterMatch = serde_json::from_str(line).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}:{}: {e}", path.display(), i + 1),
+            )
+        })?;
+        let e = per.entry(m.filter).or_default();
+        e.0 = m.topic;
+        *e.1.entry(m.visit).or_default() += 1;
+    }
+    Ok(per
+        .into_iter()
+        .map(|(filter, (topic, visits))| MatchLogTotals {
+            filter,
+            topic,
+            forwarded: visits.values().sum(),
+            visits: visits.len() as u64,
+            max_per_visit: visits.values().copied().max().unwrap_or(0),
+        })
+        .collect())
 }
 
 /// Totals of one filter over a run (a filter that was reloaded keeps its totals by
@@ -413,8 +469,10 @@ enum Outcome {
 fn evaluate(set: &FilterSet, quota: &mut QuotaEngine, items: &[Item]) -> Vec<Outcome> {
     let t = field_table();
     let (visit_slot, detector_slot) = (
-        t.slot("diaSource.visit").expect("the schema has diaSource.visit"),
-        t.slot("diaSource.detector").expect("the schema has diaSource.detector"),
+        t.slot("diaSource.visit")
+            .expect("the schema has diaSource.visit"),
+        t.slot("diaSource.detector")
+            .expect("the schema has diaSource.detector"),
     );
     let mut matching = Vec::new();
     items
@@ -654,7 +712,9 @@ impl FilterService {
             .quota
             .remap(new.filters().iter().map(|f| f.quota).collect(), &from);
         tally.reloads += 1;
-        metrics::FILTER_RELOADS_TOTAL.with_label_values(&["ok"]).inc();
+        metrics::FILTER_RELOADS_TOTAL
+            .with_label_values(&["ok"])
+            .inc();
         tracing::info!(
             dir = %dir.display(),
             filters = new.len(),

@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use apflow_alert_dist::filter::FilterSet;
 use apflow_alert_dist::filter::service::{
     FilterService, FilterServiceOptions, FilterSink, FilterSummary,
 };
-use apflow_alert_dist::filter::FilterSet;
 use apflow_alert_dist::schema::SCHEMA_ID;
 use apflow_core::bus::{Bus, EventPublisher, TopicSpec, Topics};
 use apflow_core::events::DeadLetter;
@@ -84,7 +84,13 @@ pub(crate) fn print_summary(s: &FilterSummary) {
         s.reloads,
         s.reloads_refused
     );
-    let w = s.filters.iter().map(|f| f.name.len()).max().unwrap_or(6).max(6);
+    let w = s
+        .filters
+        .iter()
+        .map(|f| f.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     println!(
         "  {:<w$} {:>9} {:>9} {:>9} {:>6}  topic",
         "filter", "matched", "passed", "dropped", "quota"
@@ -109,10 +115,18 @@ pub async fn run(args: DistributeArgs, config: &AppConfig) -> anyhow::Result<()>
         .metrics_listen
         .clone()
         .unwrap_or_else(|| config.telemetry.metrics_listen.clone());
+    // A metrics address in use must not stop the service: it runs without /metrics.
     let server = if listen.is_empty() {
         None
     } else {
-        Some(http::serve(&listen, http::router()).await?)
+        match http::serve(&listen, http::router()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(%listen, error = %e, "No /metrics: the address cannot be served.");
+                eprintln!("warning: /metrics not served on {listen}: {e}");
+                None
+            }
+        }
     };
     if let Some(s) = &server {
         println!("metrics: http://{}/metrics", s.addr);
@@ -140,7 +154,9 @@ pub async fn run(args: DistributeArgs, config: &AppConfig) -> anyhow::Result<()>
         options.group.clone_from(g);
     }
     options.dir = Some(args.filters.clone());
-    let interval = args.reload_interval.unwrap_or(config.filters.reload_interval);
+    let interval = args
+        .reload_interval
+        .unwrap_or(config.filters.reload_interval);
     options.reload_interval = (!interval.is_zero()).then_some(interval);
     options.idle_exit = args.idle_exit;
     options.matches_log = args.matches_log.clone();

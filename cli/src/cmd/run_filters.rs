@@ -54,7 +54,10 @@ impl AlertFeed {
             })
         }))
         .await;
-        results.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+        results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 }
 
@@ -72,8 +75,9 @@ pub(crate) struct RunFilters {
 
 /// The filter directory of the run: `--filters`, else `[filters] dir`, else none.
 pub(crate) fn dir(arg: Option<&Path>, config: &AppConfig) -> Option<PathBuf> {
-    arg.map(Path::to_path_buf)
-        .or_else(|| (!config.filters.dir.as_os_str().is_empty()).then(|| config.filters.dir.clone()))
+    arg.map(Path::to_path_buf).or_else(|| {
+        (!config.filters.dir.as_os_str().is_empty()).then(|| config.filters.dir.clone())
+    })
 }
 
 /// Loads the filters of `dir` and starts the service on the alert topic of the

@@ -72,11 +72,7 @@ async fn publish(bus: &Bus, xs: &[Synth]) {
 async fn drain(bus: &Bus, topic: &str) -> Vec<(String, Vec<u8>, Vec<(String, Vec<u8>)>)> {
     let mut sub = bus.subscribe(&[topic.to_owned()], "check").await.unwrap();
     let mut out = Vec::new();
-    while let Some(d) = sub
-        .next_timeout(Duration::from_millis(100))
-        .await
-        .unwrap()
-    {
+    while let Some(d) = sub.next_timeout(Duration::from_millis(100)).await.unwrap() {
         let m = d.message.clone();
         out.push((
             String::from_utf8(m.key.unwrap()).unwrap(),
@@ -98,7 +94,15 @@ fn reference(f: &Filter, framed: &[u8]) -> bool {
 }
 
 fn filter(name: &str, expr: &str, quota: u32) -> Filter {
-    Filter::new("test@apflow", name, expr, quota, None, &CostModel::default()).unwrap()
+    Filter::new(
+        "test@apflow",
+        name,
+        expr,
+        quota,
+        None,
+        &CostModel::default(),
+    )
+    .unwrap()
 }
 
 fn options(idle: Duration) -> FilterServiceOptions {
@@ -132,7 +136,11 @@ async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
         filter("reliable", "diaSource.reliability >= 0.9", 3),
         filter("bright", "diaSource.snr >= 20 AND diaSource.psfFlux > 0", 2),
         filter("solar", "ssSource.ssObjectId IS NOT NULL", 4),
-        filter("young", "n_previous() = 0 OR days_since_first() < 200", 1000),
+        filter(
+            "young",
+            "n_previous() = 0 OR days_since_first() < 200",
+            1000,
+        ),
         filter("none", "diaSource.snr < 0 AND diaSource.snr > 0", 5),
     ])
     .unwrap();
@@ -151,7 +159,11 @@ async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
         filter("reliable", "diaSource.reliability >= 0.9", 3),
         filter("bright", "diaSource.snr >= 20 AND diaSource.psfFlux > 0", 2),
         filter("solar", "ssSource.ssObjectId IS NOT NULL", 4),
-        filter("young", "n_previous() = 0 OR days_since_first() < 200", 1000),
+        filter(
+            "young",
+            "n_previous() = 0 OR days_since_first() < 200",
+            1000,
+        ),
         filter("none", "diaSource.snr < 0 AND diaSource.snr > 0", 5),
     ])
     .unwrap();
@@ -174,7 +186,11 @@ async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
             let x = by_id[&id];
             assert_eq!(payload, &x.framed, "exact bytes");
             assert_eq!(headers[0].0, "producer_timestamp");
-            assert!(reference(f, payload), "{}: {id} does not satisfy it", f.name);
+            assert!(
+                reference(f, payload),
+                "{}: {id} does not satisfy it",
+                f.name
+            );
             *per_visit.entry(x.visit).or_default() += 1;
             log_expected.insert((f.name.clone(), x.visit, id));
         }
@@ -215,6 +231,26 @@ async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
         .collect();
     assert_eq!(text.lines().count() as u64, forwarded_total);
     assert_eq!(logged, log_expected);
+    // Its per-filter totals, as the night report reads them.
+    let totals = read_matches_log(&log).unwrap();
+    for t in &totals {
+        let f = set.filters().iter().find(|f| f.name == t.filter).unwrap();
+        let s = summary.filters.iter().find(|s| s.name == t.filter).unwrap();
+        assert_eq!(
+            (t.forwarded, t.topic.as_str()),
+            (s.passed, f.topic.as_str())
+        );
+        assert!(t.max_per_visit <= u64::from(f.quota) && t.visits <= 4);
+    }
+    assert_eq!(
+        totals
+            .iter()
+            .find(|t| t.filter == "reliable")
+            .unwrap()
+            .max_per_visit,
+        3
+    );
+    assert!(!totals.iter().any(|t| t.filter == "none"));
 
     // Offsets committed: the input is trimmed, and the group resumes past it.
     let Bus::Memory(m) = &bus else { unreachable!() };
@@ -245,7 +281,9 @@ async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
 fn write(dir: &Path, file: &str, name: &str, expr: &str, quota: u32) {
     std::fs::write(
         dir.join(file),
-        format!("owner = \"t\"\nname = \"{name}\"\nquota = {quota}\nexpression = '''\n{expr}\n'''\n"),
+        format!(
+            "owner = \"t\"\nname = \"{name}\"\nquota = {quota}\nexpression = '''\n{expr}\n'''\n"
+        ),
     )
     .unwrap();
 }
@@ -266,7 +304,10 @@ async fn consumed(bus: &Bus) {
 #[tokio::test]
 async fn a_changed_filter_applies_to_the_alerts_after_it_and_a_broken_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = ("diaSource.reliability >= 0.5", "diaSource.reliability < 0.5");
+    let (a, b) = (
+        "diaSource.reliability >= 0.5",
+        "diaSource.reliability < 0.5",
+    );
     write(dir.path(), "f.toml", "f", a, 1000);
     write(dir.path(), "g.toml", "g", "TRUE", 3);
     let bus = Bus::memory();
@@ -293,7 +334,11 @@ async fn a_changed_filter_applies_to_the_alerts_after_it_and_a_broken_one_is_ref
     publish(&bus, phases[1]).await;
     consumed(&bus).await;
     // A broken file: refused, the set of the second phase keeps running.
-    std::fs::write(dir.path().join("h.toml"), "owner = \"t\"\nname = \"h\"\nexpression = 'diaSource.nope > 1'\n").unwrap();
+    std::fs::write(
+        dir.path().join("h.toml"),
+        "owner = \"t\"\nname = \"h\"\nexpression = 'diaSource.nope > 1'\n",
+    )
+    .unwrap();
     publish(&bus, phases[2]).await;
     consumed(&bus).await;
     stop.send(()).unwrap();
@@ -305,11 +350,7 @@ async fn a_changed_filter_applies_to_the_alerts_after_it_and_a_broken_one_is_ref
     let expected: BTreeSet<i64> = phases[0]
         .iter()
         .filter(|x| reference(&fa, &x.framed))
-        .chain(
-            xs[60..]
-                .iter()
-                .filter(|x| reference(&fb, &x.framed)),
-        )
+        .chain(xs[60..].iter().filter(|x| reference(&fb, &x.framed)))
         .map(|x| x.id)
         .collect();
     let got = drain(&bus, "alerts.filter.f").await;
@@ -326,9 +367,14 @@ async fn a_changed_filter_applies_to_the_alerts_after_it_and_a_broken_one_is_ref
     let mut per_visit: BTreeMap<u64, u64> = BTreeMap::new();
     let by_id: HashMap<i64, u64> = xs.iter().map(|x| (x.id, x.visit)).collect();
     for (k, _, _) in &g {
-        *per_visit.entry(by_id[&k.parse::<i64>().unwrap()]).or_default() += 1;
+        *per_visit
+            .entry(by_id[&k.parse::<i64>().unwrap()])
+            .or_default() += 1;
     }
     assert_eq!(per_visit, BTreeMap::from([(VISIT0, 3), (VISIT0 + 1, 3)]));
-    assert!(g.iter().all(|(k, _, _)| phases[0].iter().any(|x| x.id.to_string() == *k)
-        || by_id[&k.parse::<i64>().unwrap()] == VISIT0 + 1));
+    assert!(
+        g.iter()
+            .all(|(k, _, _)| phases[0].iter().any(|x| x.id.to_string() == *k)
+                || by_id[&k.parse::<i64>().unwrap()] == VISIT0 + 1)
+    );
 }
