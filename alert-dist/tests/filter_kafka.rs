@@ -140,7 +140,7 @@ async fn filtered_topics_on_kafka_hold_quotas_and_only_matching_alerts() {
         assert!(n > 0, "{} forwards something", f.name);
         // Read the filter topic from the start until n arrived, then 3 s more.
         let mut sub = bus
-            .subscribe(&[f.topic.clone()], &unique("check"))
+            .subscribe(std::slice::from_ref(&f.topic), &unique("check"))
             .await
             .unwrap();
         let mut got = Vec::new();

@@ -78,7 +78,7 @@ fn run_with_filters_forwards_each_match_once_within_the_quota() {
         .unwrap_or_else(|| panic!("no filters line: {stdout}"));
 
     // What the archive holds, judged independently.
-    let archive = Archive::open(&out.join("archive")).unwrap();
+    let archive = Archive::open(out.join("archive")).unwrap();
     let mut ids = Vec::new();
     ids_in(&out.join("archive").join("alerts"), &mut ids);
     assert!(ids.len() > 3, "{stdout}");
