@@ -101,8 +101,47 @@ pub static FILTER_QUOTA_DROPS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| 
     .expect("metric names are unique")
 });
 
+/// Matches forwarded to a filter's topic (within its quota), per filter name.
+pub static FILTER_PASSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new(
+            "apflow_filter_passed_total",
+            "Filter matches forwarded to the filter's topic (within its per-visit quota), per filter."
+        ),
+        &["filter"]
+    )
+    .expect("metric names are unique")
+});
+/// Messages the filtering service consumed from the full alert stream.
+pub static FILTER_CONSUMED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "apflow_filter_alerts_consumed_total",
+        "Messages the filtering service consumed from the full alert stream.",
+    )
+});
+/// Messages of the alert stream the filtering service could not decode as alerts.
+pub static FILTER_BAD_MESSAGES_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "apflow_filter_bad_messages_total",
+        "Messages of the alert stream that are not alerts (skipped by the filtering service).",
+    )
+});
+/// Reloads of the filter directory, by outcome (`ok`, or `refused`: the new set did
+/// not load and the old one kept running).
+pub static FILTER_RELOADS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new(
+            "apflow_filter_reloads_total",
+            "Reloads of the filter directory, by outcome (ok or refused)."
+        ),
+        &["outcome"]
+    )
+    .expect("metric names are unique")
+});
+
 /// Adds one batch's counts ([`crate::filter::QuotaEngine::take_counts`]) of the filters
-/// of `set` to [`FILTER_MATCHES_TOTAL`] and [`FILTER_QUOTA_DROPS_TOTAL`].
+/// of `set` to [`FILTER_MATCHES_TOTAL`], [`FILTER_PASSED_TOTAL`] and
+/// [`FILTER_QUOTA_DROPS_TOTAL`].
 pub fn record_filter_counts(set: &crate::filter::FilterSet, counts: &crate::filter::VisitCounts) {
     for (i, f) in set.filters().iter().enumerate() {
         let (m, p) = (
@@ -112,6 +151,9 @@ pub fn record_filter_counts(set: &crate::filter::FilterSet, counts: &crate::filt
         FILTER_MATCHES_TOTAL
             .with_label_values(&[f.name.as_str()])
             .inc_by(m);
+        FILTER_PASSED_TOTAL
+            .with_label_values(&[f.name.as_str()])
+            .inc_by(p);
         FILTER_QUOTA_DROPS_TOTAL
             .with_label_values(&[f.name.as_str()])
             .inc_by(m.saturating_sub(p));
@@ -129,4 +171,9 @@ pub fn register() {
     LazyLock::force(&LATENCY_SINCE_SHUTTER_CLOSE_SECONDS);
     LazyLock::force(&LATENCY_SINCE_READOUT_END_SECONDS);
     LazyLock::force(&ARCHIVED_TOTAL);
+    LazyLock::force(&FILTER_CONSUMED_TOTAL);
+    LazyLock::force(&FILTER_BAD_MESSAGES_TOTAL);
+    for outcome in ["ok", "refused"] {
+        FILTER_RELOADS_TOTAL.with_label_values(&[outcome]);
+    }
 }

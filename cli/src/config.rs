@@ -32,6 +32,9 @@ pub struct AppConfig {
     pub alerts: apflow_alert_dist::packet::AssembleConfig,
     /// `[producer]`: the Kafka alert stream (used when `[bus] url` is `kafka://…`).
     pub producer: apflow_alert_dist::producer::ProducerConfig,
+    /// `[filters]`: the filtering service (`apflow distribute`, and inside `apflow run`
+    /// when `dir` is set).
+    pub filters: apflow_alert_dist::filter::FilterServiceConfig,
 }
 
 impl AppConfig {

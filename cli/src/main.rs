@@ -28,6 +28,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The filtering service: consume the full alert topic once, forward each filter's
+    /// matches (at most its quota per visit) to the filter's topic, reload the filter
+    /// directory when it changes; print a per-filter summary at the end.
+    Distribute(cmd::distribute::DistributeArgs),
     /// Run a simulated night — or, with `--raw DIR`, a night directory of raw images
     /// replayed at its original pacing, faster or at a cadence — through every available
     /// stage in one process, on the embedded backends, and print a summary (alerts,
@@ -84,6 +88,9 @@ fn main() -> ExitCode {
     apflow_alert_dist::metrics::register();
     let result = match cli.command {
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(cmd::run::run(a, &config))),
+        Command::Distribute(a) => {
+            runtime().and_then(|rt| rt.block_on(cmd::distribute::run(a, &config)))
+        }
         Command::Simulate(a) => cmd::simulate::run(a, &config.simulate),
         Command::Ingest(a) => runtime().and_then(|rt| rt.block_on(cmd::ingest::run(a, &config))),
         Command::Apdb(c) => runtime().and_then(|rt| rt.block_on(cmd::apdb::run(c, &config))),

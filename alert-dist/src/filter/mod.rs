@@ -10,7 +10,8 @@
 //! recursion, no user functions, and every construct has a fixed cost. A plain
 //! tree-walking interpreter ([`interp`]) is kept as the reference the compiled form is
 //! tested against. Filter files, the set of active filters and the per-visit quota are
-//! in [`file`] and [`quota`]; [`bench`] makes the realistic visit and the 100 filters
+//! in [`file`] and [`quota`]; the service that consumes the full stream once and
+//! forwards each filter's matches to its topic is [`service`]; [`bench`] makes the realistic visit and the 100 filters
 //! of `apflow bench filters`.
 //!
 //! # The language
@@ -91,6 +92,7 @@ pub mod compile;
 pub mod file;
 pub mod interp;
 pub mod quota;
+pub mod service;
 pub mod syntax;
 pub mod view;
 
@@ -100,6 +102,10 @@ mod tests;
 pub use check::{CostModel, DEFAULT_MAX_COST};
 pub use file::{DEFAULT_QUOTA, Filter, FilterFileError, FilterSet, FilterSetError, FilterSpec};
 pub use quota::{QuotaDecision, QuotaEngine, VisitCounts};
+pub use service::{
+    FilterMatch, FilterService, FilterServiceConfig, FilterServiceError, FilterServiceOptions,
+    FilterSink, FilterSummary, read_matches_log,
+};
 pub use syntax::{ErrorKind, ExprError};
 pub use view::{AlertView, ViewError};
 

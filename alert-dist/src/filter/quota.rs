@@ -65,6 +65,8 @@ pub struct QuotaEngine {
     closed_up_to: Option<u64>,
     late_drops: u64,
     since_taken: VisitCounts,
+    /// Visits closed by the open-visit window, not yet taken ([`Self::take_closed`]).
+    closed: Vec<(u64, VisitCounts)>,
 }
 
 impl QuotaEngine {
@@ -81,6 +83,7 @@ impl QuotaEngine {
             closed_up_to: None,
             late_drops: 0,
             since_taken: VisitCounts::new(quotas.len()),
+            closed: Vec::new(),
             quotas,
         }
     }
@@ -109,7 +112,9 @@ impl QuotaEngine {
         }
         if !self.open.contains_key(&visit) {
             while self.open.len() >= self.max_open {
-                self.close_oldest();
+                if let Some(c) = self.close_oldest() {
+                    self.closed.push(c);
+                }
             }
             let n = self.quotas.len();
             self.open.insert(visit, VisitCounts::new(n));
@@ -157,6 +162,51 @@ impl QuotaEngine {
     pub fn take_counts(&mut self) -> VisitCounts {
         let n = self.quotas.len();
         std::mem::replace(&mut self.since_taken, VisitCounts::new(n))
+    }
+
+    /// The visits the open-visit window closed since the last call, oldest first, with
+    /// their final counts (what [`Self::close_through`] closes, it returns itself).
+    pub fn take_closed(&mut self) -> Vec<(u64, VisitCounts)> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// The quotas, by filter index.
+    pub fn quotas(&self) -> &[u32] {
+        &self.quotas
+    }
+
+    /// The same state for another set of filters: filter `i` of the new set has quota
+    /// `quotas[i]` and takes over the counts of old filter `from[i]` (`None`: a new
+    /// filter, counts start at zero). Open visits, the closed-visit boundary, late
+    /// drops and the closed visits not yet taken carry over; counts of old filters
+    /// that are not taken over are forgotten, and so is the tally since the last
+    /// [`Self::take_counts`] (take it first). Used when a filter set is reloaded: a
+    /// filter keeps its place in the visit's quota under its name. An index in `from`
+    /// out of range counts as `None`.
+    pub fn remap(&self, quotas: Vec<u32>, from: &[Option<usize>]) -> Self {
+        let n = quotas.len();
+        let map = |c: &VisitCounts| {
+            let pick = |v: &[u64], i: usize| {
+                from.get(i)
+                    .copied()
+                    .flatten()
+                    .and_then(|j| v.get(j).copied())
+                    .unwrap_or(0)
+            };
+            VisitCounts {
+                matched: (0..n).map(|i| pick(&c.matched, i)).collect(),
+                passed: (0..n).map(|i| pick(&c.passed, i)).collect(),
+            }
+        };
+        Self {
+            open: self.open.iter().map(|(v, c)| (*v, map(c))).collect(),
+            max_open: self.max_open,
+            closed_up_to: self.closed_up_to,
+            late_drops: self.late_drops,
+            since_taken: VisitCounts::new(n),
+            closed: self.closed.iter().map(|(v, c)| (*v, map(c))).collect(),
+            quotas,
+        }
     }
 
     /// Matches dropped because their visit was closed or their filter unknown.

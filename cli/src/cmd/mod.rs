@@ -12,10 +12,12 @@ pub mod bench_alerts;
 pub mod camera;
 pub mod config;
 pub mod diffim;
+pub mod distribute;
 pub mod filter;
 pub mod ingest;
 pub mod replay;
 pub mod run;
+pub mod run_filters;
 pub mod simulate;
 
 /// Visits the `run` command's camera has read out.

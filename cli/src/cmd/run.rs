@@ -11,7 +11,8 @@
 //! (latency since the end of readout), then alerts: one `lsst.v11_0`-compatible
 //! packet per DiaSource with its history and cutouts, written to the alert archive
 //! (`<out>/archive`; the embedded run's stream), served with the schema registry on
-//! the metrics address.
+//! the metrics address. With `--filters DIR` the filtering service runs on the
+//! night's alert stream ([`super::run_filters`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -110,6 +111,11 @@ pub struct RunArgs {
     /// scraper such as Prometheus sees the night's final values; Ctrl-C ends it early.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub linger: Option<Duration>,
+    /// Run the filtering service on the night's alert stream with the filter files of
+    /// DIR (default `[filters] dir`; e.g. `deploy/filters`): matches go to each
+    /// filter's topic and to `<out>/filter-matches.jsonl`.
+    #[arg(long, value_name = "DIR")]
+    pub filters: Option<PathBuf>,
 }
 
 /// `[run]`.
@@ -274,6 +280,8 @@ struct Stage {
     /// The alert producer when the bus is Kafka.
     #[cfg(feature = "kafka")]
     producer: Option<AlertProducer>,
+    /// The in-process alert topic, when the filtering service runs on the in-process bus.
+    alert_feed: Option<super::run_filters::AlertFeed>,
 }
 
 fn file_path(uri: &str) -> PathBuf {
@@ -477,6 +485,11 @@ async fn publish_alerts(
     stage: &Stage,
     batch: DetectorAlerts<'_>,
 ) -> Result<Option<DetectorReport>, String> {
+    if let Some(feed) = &stage.alert_feed {
+        feed.publish(batch.alerts)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     #[cfg(feature = "kafka")]
     if let Some(p) = &stage.producer {
         return p
@@ -868,6 +881,11 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     bus.ensure_topics(&topics.stage_topics(config.bus.partitions))
         .await?;
     let publisher = EventPublisher::new(bus, topics);
+    // The filtering service joins the alert topic before the first alert.
+    let filters = match super::run_filters::dir(args.filters.as_deref(), config) {
+        Some(dir) => Some(super::run_filters::start(&dir, config, &publisher, &out).await?),
+        None => None,
+    };
 
     println!(
         "night {}: {} visits × {} detectors × {} snap(s), {} px, {:?} profile, seed {}, {} → {}",
@@ -964,6 +982,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         archive: archive.clone(),
         #[cfg(feature = "kafka")]
         producer: alert_producer(config, &out).await?,
+        alert_feed: filters.as_ref().and_then(|f| f.feed()),
     });
     #[cfg(feature = "kafka")]
     let alert_topic = stage.producer.as_ref().map(|p| p.topic().to_owned());
@@ -1162,6 +1181,17 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         "  latency         end of readout → a detector's alerts archived: {}",
         super::latency_summary(&alert_latencies)
     );
+    if let Some(f) = filters {
+        let (n, log) = (f.n_filters, f.log.clone());
+        let s = f.finish().await?;
+        let (m, p, d) = s.totals();
+        println!(
+            "  filters         {n} filters: {} alerts consumed, {m} matched, {p} passed, {d} dropped over quota; {} ({} reloads)",
+            s.consumed,
+            log.display(),
+            s.reloads
+        );
+    }
     let records = out.join("records.jsonl");
     write_records(&records, &processed.done)?;
     println!(
