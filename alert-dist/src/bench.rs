@@ -1,6 +1,8 @@
-//! The produce part of `apflow bench alerts`: pre-serialised alerts of realistic size
-//! put on the wire by [`crate::producer::AlertProducer`], against the same bytes sent
-//! by the plainest rdkafka loop (the time the broker needs to accept them).
+//! The alert benchmarks' workloads. Serialisation alone ([`serialise`], `apflow bench
+//! alerts`), timed by wall clock and by the thread's own CPU time. The produce part
+//! (`apflow bench alerts-produce`): pre-serialised alerts of realistic size put on the
+//! wire by [`crate::producer::AlertProducer`], against the same bytes sent by the
+//! plainest rdkafka loop (the time the broker needs to accept them).
 //!
 //! The messages are synthetic but shaped like alerts: a Confluent header, a few
 //! `long`/`double` fields, then three cutouts of big-endian `float32` pixels (as in
@@ -68,6 +70,80 @@ pub fn synthetic_alerts(
         });
     }
     out
+}
+
+/// Seconds this thread has run on a CPU, from the scheduler's own account
+/// (`/proc/thread-self/schedstat`, first field, nanoseconds; Linux). `None` where the
+/// file is missing. On a shared machine this is the figure to quote for "one core":
+/// wall time also counts the time other processes held the core.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
+}
+
+/// What the serialisation benchmark measured.
+#[derive(Clone, Copy, Debug)]
+pub struct SerialiseFigures {
+    /// Alerts encoded.
+    pub alerts: usize,
+    /// Framed bytes written.
+    pub bytes: usize,
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+    /// Seconds this thread ran on a CPU ([`thread_cpu_seconds`]), when known.
+    pub cpu_seconds: Option<f64>,
+}
+
+impl SerialiseFigures {
+    /// Alerts per wall-clock second.
+    pub fn alerts_per_wall_s(&self) -> f64 {
+        self.alerts as f64 / self.wall_seconds
+    }
+    /// Alerts per CPU second of the encoding thread.
+    pub fn alerts_per_cpu_s(&self) -> Option<f64> {
+        self.cpu_seconds.map(|c| self.alerts as f64 / c)
+    }
+    /// Megabytes (10⁶ B) per CPU second, else per wall second.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.cpu_seconds.unwrap_or(self.wall_seconds)
+    }
+}
+
+/// Serialisation alone, on this thread: `n` alerts cycled from `inputs` through one
+/// [`AlertEncoder`](crate::packet::AlertEncoder), each framed into a reused buffer
+/// (the bytes a producer would hand to Kafka); one warm-up pass over `inputs` first.
+/// `progress` is called every 1,000 alerts.
+pub fn serialise(
+    inputs: &[crate::packet::AlertInput],
+    n: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<SerialiseFigures, crate::packet::PacketError> {
+    let mut enc = crate::packet::AlertEncoder::new();
+    let mut buf = Vec::with_capacity(512 * 1024);
+    for a in inputs {
+        buf.clear();
+        enc.encode_framed(a, &mut buf)?;
+    }
+    let mut bytes = 0usize;
+    let cpu0 = thread_cpu_seconds();
+    let t0 = std::time::Instant::now();
+    for (i, a) in inputs.iter().cycle().take(n).enumerate() {
+        buf.clear();
+        enc.encode_framed(a, &mut buf)?;
+        bytes += buf.len();
+        if i % 1000 == 999 {
+            progress(1000);
+        }
+    }
+    let wall_seconds = t0.elapsed().as_secs_f64();
+    let cpu_seconds = cpu0.zip(thread_cpu_seconds()).map(|(a, b)| b - a);
+    Ok(SerialiseFigures {
+        alerts: n,
+        bytes,
+        wall_seconds,
+        cpu_seconds,
+    })
 }
 
 #[cfg(feature = "kafka")]
@@ -222,6 +298,26 @@ mod kafka {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serialise_counts_every_alert_and_byte() {
+        let inputs = crate::synth::alert_inputs(42, 3);
+        let mut enc = crate::packet::AlertEncoder::new();
+        let sizes: Vec<usize> = inputs
+            .iter()
+            .map(|a| enc.to_framed(a).unwrap().len())
+            .collect();
+        let mut ticks = 0;
+        let f = serialise(&inputs, 2001, |k| ticks += k).unwrap();
+        assert_eq!(f.alerts, 2001);
+        assert_eq!(ticks, 2000);
+        // 667 rounds of the three.
+        assert_eq!(f.bytes, 667 * sizes.iter().sum::<usize>());
+        assert!(f.wall_seconds > 0.0);
+        if let Some(c) = f.cpu_seconds {
+            assert!(c > 0.0);
+        }
+    }
 
     #[test]
     fn synthetic_alerts_have_the_asked_size_unique_ids_and_differ_from_their_neighbours() {

@@ -167,25 +167,78 @@ pub struct ValueError {
     pub found: Value,
 }
 
+/// Receives a record's values one column at a time, in column order, typed and
+/// borrowed: what [`Fields::visit_values`] calls. Serialisers (the alert encoder's
+/// Avro writer) implement it to write a record straight from its struct, without the
+/// per-field [`Value`] (and `String` clone) that [`Fields::push_values`] builds.
+///
+/// Each call is one column; the method says the column's type ([`ColumnType`]), and
+/// [`FieldVisitor::null`] is a NULL in a nullable column.
+pub trait FieldVisitor {
+    /// NULL.
+    fn null(&mut self);
+    /// A [`ColumnType::Long`] value.
+    fn long(&mut self, v: i64);
+    /// A [`ColumnType::Int`] value.
+    fn int(&mut self, v: i32);
+    /// A [`ColumnType::Double`] value.
+    fn double(&mut self, v: f64);
+    /// A [`ColumnType::Float`] value.
+    fn float(&mut self, v: f32);
+    /// A [`ColumnType::Boolean`] value.
+    fn boolean(&mut self, v: bool);
+    /// A [`ColumnType::String`] value.
+    fn string(&mut self, v: &str);
+}
+
+/// The visitor behind [`Fields::push_values`]: each column as a [`Value`].
+struct PushValues<'a>(&'a mut Vec<Value>);
+
+impl FieldVisitor for PushValues<'_> {
+    fn null(&mut self) {
+        self.0.push(Value::Null);
+    }
+    fn long(&mut self, v: i64) {
+        self.0.push(Value::Long(v));
+    }
+    fn int(&mut self, v: i32) {
+        self.0.push(Value::Int(v));
+    }
+    fn double(&mut self, v: f64) {
+        self.0.push(Value::Double(v));
+    }
+    fn float(&mut self, v: f32) {
+        self.0.push(Value::Float(v));
+    }
+    fn boolean(&mut self, v: bool) {
+        self.0.push(Value::Boolean(v));
+    }
+    fn string(&mut self, v: &str) {
+        self.0.push(Value::String(v.to_owned()));
+    }
+}
+
 /// A Rust type that maps to one column.
 pub trait Field: Sized {
     /// The column type.
     const TYPE: ColumnType;
     /// Whether NULL is allowed.
     const NULLABLE: bool = false;
-    /// The value to store.
-    fn to_value(&self) -> Value;
+    /// Hands the value to `v` (one call, of the method for [`Field::TYPE`], or
+    /// [`FieldVisitor::null`]).
+    fn visit<V: FieldVisitor>(&self, v: &mut V);
     /// The field from a stored value; `None` when the value does not fit.
     fn from_value(v: Value) -> Option<Self>;
 }
 
 macro_rules! field_impl {
-    ($t:ty, $ct:ident, |$s:ident| $to:expr, |$v:ident| $from:expr) => {
+    ($t:ty, $ct:ident, |$s:ident, $vis:ident| $visit:expr, |$v:ident| $from:expr) => {
         impl Field for $t {
             const TYPE: ColumnType = ColumnType::$ct;
-            fn to_value(&self) -> Value {
+            #[inline(always)]
+            fn visit<V: FieldVisitor>(&self, $vis: &mut V) {
                 let $s = self;
-                $to
+                $visit
             }
             fn from_value($v: Value) -> Option<Self> {
                 $from
@@ -194,64 +247,72 @@ macro_rules! field_impl {
     };
 }
 
-field_impl!(i64, Long, |s| Value::Long(*s), |v| match v {
+field_impl!(i64, Long, |s, v| v.long(*s), |v| match v {
     Value::Long(x) => Some(x),
     Value::Int(x) => Some(x.into()),
     _ => None,
 });
-field_impl!(i32, Int, |s| Value::Int(*s), |v| match v {
+field_impl!(i32, Int, |s, v| v.int(*s), |v| match v {
     Value::Int(x) => Some(x),
     Value::Long(x) => i32::try_from(x).ok(),
     _ => None,
 });
-field_impl!(f64, Double, |s| Value::Double(*s), |v| match v {
-    Value::Double(x) => Some(x),
-    Value::Float(x) => Some(x.into()),
-    _ => None,
+field_impl!(f64, Double, |s, v| v.double(*s), |v| {
+    match v {
+        Value::Double(x) => Some(x),
+        Value::Float(x) => Some(x.into()),
+        _ => None,
+    }
 });
-field_impl!(f32, Float, |s| Value::Float(*s), |v| match v {
-    Value::Float(x) => Some(x),
-    Value::Double(x) => Some(x as f32),
-    _ => None,
+field_impl!(f32, Float, |s, v| v.float(*s), |v| {
+    match v {
+        Value::Float(x) => Some(x),
+        Value::Double(x) => Some(x as f32),
+        _ => None,
+    }
 });
-field_impl!(bool, Boolean, |s| Value::Boolean(*s), |v| match v {
-    Value::Boolean(x) => Some(x),
-    Value::Long(x) => Some(x != 0),
-    Value::Int(x) => Some(x != 0),
-    _ => None,
+field_impl!(bool, Boolean, |s, v| v.boolean(*s), |v| {
+    match v {
+        Value::Boolean(x) => Some(x),
+        Value::Long(x) => Some(x != 0),
+        Value::Int(x) => Some(x != 0),
+        _ => None,
+    }
 });
-field_impl!(String, String, |s| Value::String(s.clone()), |v| match v {
-    Value::String(x) => Some(x),
-    _ => None,
+field_impl!(String, String, |s, v| v.string(s), |v| {
+    match v {
+        Value::String(x) => Some(x),
+        _ => None,
+    }
 });
-field_impl!(DiaSourceId, Long, |s| Value::Long(s.0), |v| {
+field_impl!(DiaSourceId, Long, |s, v| v.long(s.0), |v| {
     i64::from_value(v).map(DiaSourceId)
 });
-field_impl!(DiaObjectId, Long, |s| Value::Long(s.0), |v| {
+field_impl!(DiaObjectId, Long, |s, v| v.long(s.0), |v| {
     i64::from_value(v).map(DiaObjectId)
 });
-field_impl!(VisitId, Long, |s| Value::Long(s.0 as i64), |v| {
+field_impl!(VisitId, Long, |s, v| v.long(s.0 as i64), |v| {
     i64::from_value(v)
         .and_then(|x| u64::try_from(x).ok())
         .map(VisitId)
 });
-field_impl!(DetectorId, Int, |s| Value::Int(i32::from(s.0)), |v| {
+field_impl!(DetectorId, Int, |s, v| v.int(i32::from(s.0)), |v| {
     i32::from_value(v)
         .and_then(|x| u16::try_from(x).ok())
         .map(DetectorId)
 });
-field_impl!(MjdTai, Double, |s| Value::Double(s.0), |v| f64::from_value(
-    v
-)
-.map(MjdTai));
+field_impl!(MjdTai, Double, |s, v| v.double(s.0), |v| {
+    f64::from_value(v).map(MjdTai)
+});
 
 impl<T: Field> Field for Option<T> {
     const TYPE: ColumnType = T::TYPE;
     const NULLABLE: bool = true;
-    fn to_value(&self) -> Value {
+    #[inline(always)]
+    fn visit<V: FieldVisitor>(&self, v: &mut V) {
         match self {
-            Some(x) => x.to_value(),
-            None => Value::Null,
+            Some(x) => x.visit(v),
+            None => v.null(),
         }
     }
     fn from_value(v: Value) -> Option<Self> {
@@ -266,8 +327,13 @@ impl<T: Field> Field for Option<T> {
 pub trait Fields: Sized {
     /// The columns, each name prefixed with `prefix`.
     fn columns_with_prefix(prefix: &str) -> Vec<Column>;
+    /// Hands the values to `v`, in column order, one call per column (the one walk of
+    /// a record's fields; [`Fields::push_values`] is this walk into [`Value`]s).
+    fn visit_values<V: FieldVisitor>(&self, v: &mut V);
     /// Appends the values, in column order.
-    fn push_values(&self, out: &mut Vec<Value>);
+    fn push_values(&self, out: &mut Vec<Value>) {
+        self.visit_values(&mut PushValues(out));
+    }
     /// Takes the values, in column order.
     fn take_values(prefix: &str, it: &mut dyn Iterator<Item = Value>) -> Result<Self, ValueError>;
 }
@@ -332,8 +398,11 @@ macro_rules! record {
                 $( record!(@col cols, prefix, $ty, $col, $unit, $doc, $kind); )*
                 cols
             }
-            fn push_values(&self, out: &mut Vec<Value>) {
-                $( record!(@push out, self.$field, $kind); )*
+            // Inlined into each visitor's caller, so a visitor's state (a cursor, the
+            // column index) lives in registers across the fields.
+            #[inline(always)]
+            fn visit_values<V: FieldVisitor>(&self, v: &mut V) {
+                $( record!(@visit v, self.$field, $kind); )*
             }
             fn take_values(
                 prefix: &str,
@@ -364,8 +433,8 @@ macro_rules! record {
     };
     (@isavro avro) => { true };
     (@isavro local) => { false };
-    (@push $out:ident, $e:expr, flatten) => { $e.push_values($out) };
-    (@push $out:ident, $e:expr, $kind:ident) => { $out.push(Field::to_value(&$e)) };
+    (@visit $v:ident, $e:expr, flatten) => { $e.visit_values($v) };
+    (@visit $v:ident, $e:expr, $kind:ident) => { Field::visit(&$e, $v) };
     (@take $prefix:ident, $it:ident, $ty:ty, $col:literal, flatten) => {
         <$ty as Fields>::take_values(&format!("{}{}", $prefix, $col), $it)?
     };
@@ -676,9 +745,10 @@ impl Fields for Bands {
             .flat_map(|b| BandStats::columns_with_prefix(&format!("{prefix}{b}_")))
             .collect()
     }
-    fn push_values(&self, out: &mut Vec<Value>) {
+    #[inline(always)]
+    fn visit_values<V: FieldVisitor>(&self, v: &mut V) {
         for s in &self.0 {
-            s.push_values(out);
+            s.visit_values(v);
         }
     }
     fn take_values(prefix: &str, it: &mut dyn Iterator<Item = Value>) -> Result<Self, ValueError> {
@@ -1017,6 +1087,77 @@ mod tests {
         let v = o.to_values();
         assert_eq!(v.len(), DiaObject::columns().len());
         assert_eq!(DiaObject::from_values(v).unwrap(), o);
+    }
+
+    /// Records, per call, the column type the visitor method stands for (`None`: null).
+    struct Types(Vec<Option<ColumnType>>);
+
+    impl FieldVisitor for Types {
+        fn null(&mut self) {
+            self.0.push(None);
+        }
+        fn long(&mut self, _: i64) {
+            self.0.push(Some(ColumnType::Long));
+        }
+        fn int(&mut self, _: i32) {
+            self.0.push(Some(ColumnType::Int));
+        }
+        fn double(&mut self, _: f64) {
+            self.0.push(Some(ColumnType::Double));
+        }
+        fn float(&mut self, _: f32) {
+            self.0.push(Some(ColumnType::Float));
+        }
+        fn boolean(&mut self, _: bool) {
+            self.0.push(Some(ColumnType::Boolean));
+        }
+        fn string(&mut self, _: &str) {
+            self.0.push(Some(ColumnType::String));
+        }
+    }
+
+    /// Every visit call is the column's own type (nulls only in nullable columns), one
+    /// call per column: serialisers rely on it to write the schema's types.
+    fn check_visit_types<R: Record>(r: &R) {
+        let cols = R::columns();
+        let mut t = Types(Vec::new());
+        r.visit_values(&mut t);
+        assert_eq!(t.0.len(), cols.len(), "{}", R::TABLE);
+        for (c, ty) in cols.iter().zip(&t.0) {
+            match ty {
+                Some(ty) => assert_eq!(*ty, c.ty, "{}.{}", R::TABLE, c.name),
+                None => assert!(c.nullable, "{}.{} is null", R::TABLE, c.name),
+            }
+        }
+    }
+
+    #[test]
+    fn visits_are_typed_like_the_columns_for_nulls_and_values() {
+        // Default records: every nullable column null.
+        check_visit_types(&DiaSource::default());
+        check_visit_types(&DiaObject::default());
+        check_visit_types(&DiaForcedSource::default());
+        check_visit_types(&DiaObjectLast::default());
+        // Every column set: values of each type.
+        fn full<R: Record>() -> R {
+            let v = R::columns()
+                .iter()
+                .map(|c| match c.ty {
+                    ColumnType::Long => Value::Long(1),
+                    ColumnType::Int => Value::Int(2),
+                    ColumnType::Double => Value::Double(3.0),
+                    ColumnType::Float => Value::Float(4.0),
+                    ColumnType::Boolean => Value::Boolean(true),
+                    ColumnType::String => Value::String("r".into()),
+                })
+                .collect();
+            R::from_values(v).unwrap()
+        }
+        let s: DiaSource = full();
+        check_visit_types(&s);
+        assert!(s.to_values().iter().all(|v| *v != Value::Null));
+        check_visit_types(&full::<DiaObject>());
+        check_visit_types(&full::<DiaForcedSource>());
     }
 
     #[test]
