@@ -34,6 +34,8 @@ use apflow_core::ids::{DetectorId, VisitId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use apflow_alert_dist::filter::service::{MatchLogTotals, read_matches_log};
+
 use crate::night::{Night, NightError, load_night, pick_night};
 
 pub use apflow_core::latency::{LATENCY_BUDGET_S, LatencySummary, quantile};
@@ -77,8 +79,8 @@ pub enum ReportError {
         /// What failed.
         reason: String,
     },
-    /// Neither an archive nor records were given.
-    #[error("nothing to report: give an archive, a records file, or both")]
+    /// Neither an archive, records nor a filter matches log were given.
+    #[error("nothing to report: give an archive, a records file and/or a filter matches log")]
     NoInput,
 }
 
@@ -247,6 +249,11 @@ pub struct NightReport {
     pub alerts_per_visit: Option<Distribution>,
     /// Latency, when records were given.
     pub latency: Option<LatencyReport>,
+    /// Filter matches per filter (forwarded alerts, visits, most in one visit), when a
+    /// filtering service's matches log was given (`<out>/filter-matches.jsonl` of
+    /// `apflow run --filters`, `apflow distribute --matches-log`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<MatchLogTotals>,
 }
 
 /// Seconds per stage over many detectors, stages in the order first seen.
@@ -351,6 +358,7 @@ pub fn build_report(night: Option<&Night>, records: &[DetectorRecord]) -> NightR
             })
             .collect(),
         latency: latency_report(records),
+        filters: Vec::new(),
     }
 }
 
@@ -509,15 +517,17 @@ fn bar_plot(path: &Path, bars: &[f64], marker: Option<f64>) -> Result<(), Report
 }
 
 /// The report entry point: reads night `night` of the archive `archive` (the only
-/// night when `None`) and the records file `records`, each when given, builds the
-/// report and writes it into `out_dir`.
+/// night when `None`), the records file `records` and the filtering service's matches
+/// log `filter_matches`, each when given, builds the report and writes it into
+/// `out_dir`.
 pub fn night_report(
     archive: Option<&Path>,
     night: Option<u32>,
     records: Option<&Path>,
+    filter_matches: Option<&Path>,
     out_dir: &Path,
 ) -> Result<(NightReport, ReportFiles), ReportError> {
-    if archive.is_none() && records.is_none() {
+    if archive.is_none() && records.is_none() && filter_matches.is_none() {
         return Err(ReportError::NoInput);
     }
     let night_arg = night;
@@ -533,7 +543,13 @@ pub fn night_report(
     if let Some(day_obs) = night.as_ref().map(|n| n.day_obs).or(night_arg) {
         records.retain(|r| r.visit.day_obs() == day_obs);
     }
-    let report = build_report(night.as_ref(), &records);
+    let mut report = build_report(night.as_ref(), &records);
+    if let Some(p) = filter_matches {
+        report.filters = read_matches_log(p).map_err(|source| ReportError::Io {
+            path: p.to_owned(),
+            source,
+        })?;
+    }
     let files = write_report(&report, out_dir)?;
     Ok((report, files))
 }

@@ -91,6 +91,10 @@ pub struct ReportArgs {
     /// JSON Lines file of per-detector records (latency and stage times).
     #[arg(long)]
     pub records: Option<PathBuf>,
+    /// The filtering service's matches log (`<out>/filter-matches.jsonl` of `apflow
+    /// run --filters`, `apflow distribute --matches-log`): matches per filter.
+    #[arg(long)]
+    pub filter_matches: Option<PathBuf>,
     /// Directory for summary.json, latency.png and alerts_per_visit.png.
     #[arg(long, default_value = "report")]
     pub out: PathBuf,
@@ -228,6 +232,7 @@ pub fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         args.archive.as_deref(),
         args.night,
         args.records.as_deref(),
+        args.filter_matches.as_deref(),
         &args.out,
     )?;
     match r.day_obs {
@@ -273,6 +278,12 @@ pub fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         if !stages.is_empty() {
             println!("  stage medians: {}", stages.join(", "));
         }
+    }
+    for f in &r.filters {
+        println!(
+            "  filter {}: {} alerts forwarded to {} in {} visits, at most {} in one visit",
+            f.filter, f.forwarded, f.topic, f.visits, f.max_per_visit
+        );
     }
     println!("  wrote {}", files.summary.display());
     for p in [&files.latency_png, &files.alerts_png]

@@ -1181,8 +1181,10 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         "  latency         end of readout → a detector's alerts archived: {}",
         super::latency_summary(&alert_latencies)
     );
+    let mut report_matches = String::new();
     if let Some(f) = filters {
         let (n, log) = (f.n_filters, f.log.clone());
+        report_matches = format!(" --filter-matches {}", log.display());
         let s = f.finish().await?;
         let (m, p, d) = s.totals();
         println!(
@@ -1195,7 +1197,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let records = out.join("records.jsonl");
     write_records(&records, &processed.done)?;
     println!(
-        "  records         {} (apflow report --records {} --archive {})",
+        "  records         {} (apflow report --records {} --archive {}{report_matches})",
         records.display(),
         records.display(),
         archive_dir.display()

@@ -95,8 +95,37 @@ fn report_from_an_archive_and_records_writes_json_and_plots() {
     }
     writeln!(f).unwrap();
     drop(f);
+    // A filtering service's matches log: filter `a` forwarded 2 + 1 alerts in two
+    // visits, `b` one.
+    let matches = archive.path().join("filter-matches.jsonl");
+    let (v0, v1) = (fixture::visit_id(0).0, fixture::visit_id(1).0);
+    std::fs::write(
+        &matches,
+        [("a", v0, 1), ("a", v0, 2), ("b", v0, 2), ("a", v1, 3)]
+            .iter()
+            .map(|(f, v, id)| {
+                format!(
+                    "{{\"filter\":\"{f}\",\"topic\":\"t.{f}\",\"visit\":{v},\"detector\":0,\"diaSourceId\":{id}}}\n"
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
     let out = archive.path().join("report");
-    let (report, files) = night_report(Some(archive.path()), None, Some(&recs), &out).unwrap();
+    let (report, files) = night_report(
+        Some(archive.path()),
+        None,
+        Some(&recs),
+        Some(&matches),
+        &out,
+    )
+    .unwrap();
+    let filters: Vec<(&str, u64, u64, u64)> = report
+        .filters
+        .iter()
+        .map(|f| (f.filter.as_str(), f.forwarded, f.visits, f.max_per_visit))
+        .collect();
+    assert_eq!(filters, vec![("a", 3, 2, 2), ("b", 1, 1, 1)]);
     assert_eq!(report.day_obs, Some(DAY_OBS));
     assert_eq!(report.alerts, 32);
     let per_visit: Vec<(VisitId, u64, usize)> = report
@@ -127,6 +156,8 @@ fn report_from_an_archive_and_records_writes_json_and_plots() {
     assert_eq!(j["alerts"], 32);
     assert_eq!(j["latency"]["over_budget"], 41);
     assert_eq!(j["visits"][2]["alerts"], 8);
+    assert_eq!(j["filters"][0]["topic"], "t.a");
+    assert_eq!(j["filters"][0]["forwarded"], 3);
     for png in [files.latency_png.unwrap(), files.alerts_png.unwrap()] {
         let b = std::fs::read(&png).unwrap();
         assert!(b.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", png.display());
@@ -146,7 +177,7 @@ fn bad_record_lines_are_named_and_no_input_is_an_error() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        night_report(None, None, None, dir.path()),
+        night_report(None, None, None, None, dir.path()),
         Err(ReportError::NoInput)
     ));
     // Round trip of the record format.
