@@ -211,6 +211,9 @@ fn scrape_run() -> Scrape {
                 "--out",
             ])
             .arg(dir.path())
+            // The shipped filters: the filtering service's per-filter series.
+            .arg("--filters")
+            .arg(repo().join("deploy/filters"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),

@@ -646,6 +646,8 @@ impl FilterService {
             }),
             _ => None,
         };
+        // Every filter's series exist from the start, at zero (not only once it matched).
+        metrics::record_filter_counts(&set, &VisitCounts::new(set.len()));
         Ok(Self {
             quota: set.quota_engine(),
             set: Arc::new(set),
@@ -721,6 +723,7 @@ impl FilterService {
             kept = from.iter().flatten().count(),
             "Filter set reloaded."
         );
+        metrics::record_filter_counts(&new, &VisitCounts::new(new.len()));
         self.set = Arc::new(new);
         Ok(())
     }
