@@ -17,8 +17,10 @@ What is checked, honestly:
     (kubernetes-models on npm). Strimzi KafkaTopic/KafkaUser and ScyllaCluster have no
     schema package we can install: for them the field checks below are all there is.
   * The PrometheusRule carries exactly deploy/prometheus/rules/apflow.rules.yml.
-  * Enabling a stage that does not exist yet (alertDist, filtering, archive) fails the
-    render with the reason.
+  * Enabling a stage that does not exist yet (alertDist, archive) fails the render with
+    the reason.
+  * The filtering service's ConfigMap carries exactly the filter files of --filters
+    (deploy/filters), and its Deployment mounts it and runs `apflow distribute` on it.
   * The rendered apflow.toml is written to --config-out for `apflow config check`.
 """
 import argparse
@@ -106,6 +108,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("chart")
     ap.add_argument("--rules", required=True, help="deploy/prometheus/rules/apflow.rules.yml")
+    ap.add_argument("--filters", required=True, help="deploy/filters (the shipped filter files)")
     ap.add_argument("--config-out", required=True, help="where to write the rendered apflow.toml")
     ap.add_argument("--docs-out", required=True, help="where to write every rendered document (JSON)")
     args = ap.parse_args()
@@ -128,14 +131,14 @@ def main():
     check_render(chart, {"strimzi": {"enabled": False}, "scylla": {"enabled": False},
                          "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
                  "without operators", k8s)
-    for stage, issue in (("alertDist", "issue 6"), ("filtering", "issue 7"), ("archive", "archive")):
+    for stage, issue in (("alertDist", "issue 6"), ("archive", "archive")):
         try:
             chart.render({stage: {"enabled": True}}, name="apflow", namespace="alert-production")
             fail(f"{stage}.enabled=true rendered, but that stage does not exist yet")
         except helm.HelmError as e:
             if issue not in str(e):
                 fail(f"{stage}.enabled=true failed without naming {issue}: {e}")
-    print("  ok   placeholders (alertDist, filtering, archive) refuse to render when enabled")
+    print("  ok   placeholders (alertDist, archive) refuse to render when enabled")
 
     rules = yaml.safe_load(pathlib.Path(args.rules).read_text())
     docs = [d for _, d in documents(rendered)]
@@ -145,7 +148,18 @@ def main():
     else:
         print("  ok   PrometheusRule == deploy/prometheus/rules/apflow.rules.yml")
 
-    config = [d for d in docs if d["kind"] == "ConfigMap"]
+    shipped = {p.name: p.read_text() for p in sorted(pathlib.Path(args.filters).glob("*.toml"))}
+    fcm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-filters")]
+    if len(fcm) != 1 or fcm[0]["data"] != shipped:
+        fail("the filters ConfigMap does not carry deploy/filters/*.toml (copy them to files/filters/)")
+    else:
+        print(f"  ok   filters ConfigMap == deploy/filters ({len(shipped)} files)")
+    dep = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-filtering")]
+    args_ = get(dep[0], "spec.template.spec.containers")[0]["args"] if dep else []
+    if args_[:3] != ["distribute", "--filters", "/etc/apflow-filters"]:
+        fail(f"the filtering Deployment does not run apflow distribute on the mounted filters: {args_}")
+
+    config = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
     text = config[0]["data"]["apflow.toml"]
     tomllib.loads(text)
     pathlib.Path(args.config_out).write_text(text)
