@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, register_int_counter};
+use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
 
 pub mod alert;
 pub mod apdb;
@@ -28,6 +28,44 @@ pub static VISITS_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("unique metric")
 });
+
+/// Visits whose every detector is accounted for (`VisitComplete` published), by result.
+pub static VISITS_COMPLETE_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "apflow_visits_complete_total",
+        "Visits whose every detector is accounted for (VisitComplete published), by result: \
+         alerts, no_alerts (detectors processed, not one alert), failed (no detector processed).",
+        &["result"]
+    )
+    .expect("unique metric")
+});
+
+/// Complete visits whose p98 alert latency exceeded the 60 s budget.
+pub static VISITS_OVER_BUDGET_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "apflow_visits_over_budget_total",
+        "Complete visits whose p98 alert latency from end of readout exceeded the 60 s budget."
+    )
+    .expect("unique metric")
+});
+
+/// The result label of [`VISITS_COMPLETE_TOTAL`] for a visit's `VisitComplete`.
+pub fn visit_result(e: &apflow_core::events::VisitComplete) -> &'static str {
+    match (e.detectors_done, e.n_alerts) {
+        (0, _) => "failed",
+        (_, 0) => "no_alerts",
+        _ => "alerts",
+    }
+}
+
+/// Creates the visit series at zero (every `result`), so a scrape shows them before
+/// the first visit completes.
+pub fn register_visit_metrics() {
+    for r in ["alerts", "no_alerts", "failed"] {
+        VISITS_COMPLETE_TOTAL.with_label_values(&[r]);
+    }
+    LazyLock::force(&VISITS_OVER_BUDGET_TOTAL);
+}
 
 pub use apflow_core::latency::quantile;
 pub use apflow_replay::report::StageTimes;

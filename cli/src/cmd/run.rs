@@ -238,6 +238,12 @@ impl Processed {
         if !was_complete && tally.is_complete() {
             let event = tally.event(Utc::now());
             publisher.publish(&event).await?;
+            super::VISITS_COMPLETE_TOTAL
+                .with_label_values(&[super::visit_result(&event)])
+                .inc();
+            if event.latency.as_ref().is_some_and(|l| !l.meets_budget()) {
+                super::VISITS_OVER_BUDGET_TOTAL.inc();
+            }
             tracing::info!(
                 visit = visit.0,
                 alerts = event.n_alerts,
@@ -801,6 +807,7 @@ fn write_records(path: &std::path::Path, done: &[DetectorOutcome]) -> anyhow::Re
 /// Runs the night.
 pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let wall = Instant::now();
+    super::register_visit_metrics();
     let out = args.out.clone().unwrap_or_else(|| config.run.out.clone());
     // The camera: the simulator, or a night directory of raw images (its spec rebuilds
     // the night); and when each visit is read out.
