@@ -404,24 +404,17 @@ impl StreamWriter<'_> {
     /// count (the rest is overwritten next or lies past the end).
     #[inline(always)]
     fn long(&mut self, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        let z = ((v << 1) ^ (v >> 63)) as u64;
         if z < 0x80 {
             self.put([z as u8]);
             return;
         }
-        let mut b = [0u8; 10];
-        let mut n = 0;
-        while z >= 0x80 && n < 9 {
-            b[n] = (z as u8) | 0x80;
-            z >>= 7;
-            n += 1;
-        }
-        b[n] = z as u8;
+        let (b, len) = crate::wire::long_bytes(v);
         match self.buf.get_mut(self.pos..self.pos + 10) {
             Some(d) => d.copy_from_slice(&b),
             None => self.short = true,
         }
-        self.pos += n + 1;
+        self.pos += len;
     }
 
     /// Starts the current column's field when it is written and has type `ty`:

@@ -56,15 +56,11 @@ pub fn unframe(msg: &[u8]) -> Result<(u32, &[u8]), WireError> {
 // Avro binary primitives (Avro 1.11 specification, "Binary Encoding"), shared by the
 // packet encoder, the archive's container files and the tests' small datums.
 
-/// Appends an Avro `long` (or `int`): zig-zag, then base-128 varint. The bytes are
-/// assembled on the stack and appended at once (one capacity check, not one a byte).
-#[inline]
-pub fn put_long(out: &mut Vec<u8>, v: i64) {
+/// An Avro `long` (or `int`) as bytes: zig-zag, then base-128 varint, assembled on the
+/// stack; the first `len` (1–10) of the ten bytes count.
+#[inline(always)]
+pub fn long_bytes(v: i64) -> ([u8; 10], usize) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    if z < 0x80 {
-        out.push(z as u8);
-        return;
-    }
     let mut b = [0u8; 10];
     let mut n = 0;
     while z >= 0x80 && n < 9 {
@@ -74,7 +70,20 @@ pub fn put_long(out: &mut Vec<u8>, v: i64) {
     }
     // A u64 needs at most ten 7-bit groups: here z < 0x80 (n < 9) or z < 2 (n = 9).
     b[n] = z as u8;
-    out.extend_from_slice(&b[..=n]);
+    (b, n + 1)
+}
+
+/// Appends an Avro `long` (or `int`) ([`long_bytes`]): one push for the common
+/// one-byte case, else the bytes appended at once (one capacity check, not one a byte).
+#[inline]
+pub fn put_long(out: &mut Vec<u8>, v: i64) {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    if z < 0x80 {
+        out.push(z as u8);
+        return;
+    }
+    let (b, len) = long_bytes(v);
+    out.extend_from_slice(&b[..len]);
 }
 
 /// Appends Avro `bytes` (or `string`): the length as a `long`, then the bytes.
