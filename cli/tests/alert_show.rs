@@ -1,17 +1,13 @@
 //! `apflow alert show`: a packet file (plain and gzip) rendered as JSON, cutouts as PNG
 //! thumbnails; a missing file or an id without an archive is a clear error.
 
+mod common;
+use common::apflow;
+
 use std::io::Write;
-use std::process::Command;
 
 use apflow_alert_dist::packet::{AlertEncoder, AssembleConfig, assemble};
 use apflow_alert_dist::synth;
-
-fn apflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_apflow"));
-    c.env_remove("APFLOW_CONFIG").env("RUST_LOG", "warn");
-    c
-}
 
 /// (width, height) from a PNG's IHDR.
 fn png_size(path: &std::path::Path) -> (u32, u32) {

@@ -1,15 +1,12 @@
 //! The `apflow` binary, run as a user would.
 
+mod common;
+use common::apflow;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn apflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_apflow"));
-    c.env_remove("APFLOW_CONFIG").env("RUST_LOG", "warn");
-    c
-}
 
 fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
@@ -23,16 +20,7 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 #[test]
 fn run_prints_its_summary_and_serves_metrics_while_running() {
     let dir = tempfile::tempdir().unwrap();
-    // 1024² detectors hold fewer stars than the defaults (set for 4096²) ask for.
-    let config = dir.path().join("small.toml");
-    std::fs::write(
-        &config,
-        "[science.psf]\nmin_stars = 4\nmin_stars_per_term = 4\n\
-         [science.astrometry]\nmin_matches = 4\n\
-         [science.photometry]\nmin_stars = 3\n\
-         [science.subtract]\nmin_stamps = 8\n",
-    )
-    .unwrap();
+    let config = common::small_config(dir.path());
     let mut child = apflow()
         .args([
             "run",
@@ -111,16 +99,7 @@ fn run_prints_its_summary_and_serves_metrics_while_running() {
     assert!(latency_lines[2].contains("alerts archived"), "{out}");
     // Every detector went through the science core and the association stage, and
     // every DiaSource was associated exactly one way.
-    let numbers = |prefix: &str| -> Vec<usize> {
-        let line = out
-            .lines()
-            // Summary lines are indented by two spaces (per-stage lines by four).
-            .find(|l| l.starts_with(&format!("  {prefix} ")))
-            .unwrap_or_else(|| panic!("no {prefix} line: {out}"));
-        line.split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect()
-    };
+    let numbers = |prefix: &str| common::numbers(&out, prefix);
     let processed = numbers("processed");
     assert_eq!(processed[..2], [6, 0], "{out}");
     let dia_sources = processed[2];

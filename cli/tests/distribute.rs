@@ -1,19 +1,15 @@
 //! The filtering service inside `apflow run` (in-process bus), checked against the
 //! run's alert archive with the reference decoder and interpreter.
 
+mod common;
+use common::apflow;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::filter::service::FilterMatch;
 use apflow_alert_dist::filter::{AlertView, CostModel, Filter};
 use apflow_alert_dist::packet::decode_framed;
-
-fn apflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_apflow"));
-    c.env_remove("APFLOW_CONFIG").env("RUST_LOG", "warn");
-    c
-}
 
 fn ids_in(dir: &std::path::Path, out: &mut Vec<i64>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -33,15 +29,7 @@ fn ids_in(dir: &std::path::Path, out: &mut Vec<i64>) {
 #[test]
 fn run_with_filters_forwards_each_match_once_within_the_quota() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("small.toml");
-    std::fs::write(
-        &config,
-        "[science.psf]\nmin_stars = 4\nmin_stars_per_term = 4\n\
-         [science.astrometry]\nmin_matches = 4\n\
-         [science.photometry]\nmin_stars = 3\n\
-         [science.subtract]\nmin_stamps = 8\n",
-    )
-    .unwrap();
+    let config = common::small_config(dir.path());
     let filters = dir.path().join("filters");
     std::fs::create_dir(&filters).unwrap();
     let reliable = "diaSource.reliability >= 0.5";

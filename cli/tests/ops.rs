@@ -14,6 +14,9 @@
 //! failed bus subscription, rendered by the function `/metrics` serves — `apflow run`
 //! does not reach the APDB or a bus error yet.
 
+mod common;
+use common::apflow;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -31,12 +34,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("cli/ is in the workspace")
         .to_owned()
-}
-
-fn apflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_apflow"));
-    c.env_remove("APFLOW_CONFIG").env("RUST_LOG", "warn");
-    c
 }
 
 /// A child process killed when dropped, so a failed assertion leaves no server behind.

@@ -1,23 +1,18 @@
 //! `apflow replay` and `apflow report` end to end on a small synthetic archive, and
 //! `apflow run --raw`: a simulated night's raw images through the whole pipeline.
 
+mod common;
+use common::{apflow, numbers};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::packet::{AlertEncoder, AssembleConfig, assemble};
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::schema::{SCHEMA_ID, alert_schema};
 use apflow_alert_dist::synth;
-
-fn apflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_apflow"));
-    c.env_remove("APFLOW_CONFIG")
-        .env_remove("APFLOW_ARCHIVE_DIR")
-        .env("RUST_LOG", "warn");
-    c
-}
 
 #[test]
 fn replay_to_a_directory_with_fresh_ids_then_report_on_it() {
@@ -94,13 +89,6 @@ fn replay_to_a_directory_with_fresh_ids_then_report_on_it() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("speed \"fast\""));
 }
 
-/// Science settings for 1024² detectors, which hold fewer stars than the defaults (set
-/// for 4096²) ask for (as cli/tests/cli.rs).
-const SMALL_DETECTORS: &str = "[science.psf]\nmin_stars = 4\nmin_stars_per_term = 4\n\
-     [science.astrometry]\nmin_matches = 4\n\
-     [science.photometry]\nmin_stars = 3\n\
-     [science.subtract]\nmin_stamps = 8\n";
-
 /// The night both runs see: 2 visits × 2 detectors of 1024², one snap.
 const NIGHT: [&str; 8] = [
     "--visits",
@@ -132,17 +120,6 @@ fn run(args: &[&str], config: &Path, out: &Path) -> (Output, String) {
     (o, stdout)
 }
 
-/// The numbers on the summary line starting with `prefix`.
-fn numbers(out: &str, prefix: &str) -> Vec<usize> {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&format!("  {prefix} ")))
-        .unwrap_or_else(|| panic!("no {prefix} line: {out}"));
-    line.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|t| t.parse().ok())
-        .collect()
-}
-
 /// Ids of the alerts in an archive (`alerts/<id>.avro.gz`).
 fn archived_ids(archive: &Path) -> BTreeSet<i64> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -172,8 +149,7 @@ fn archived_ids(archive: &Path) -> BTreeSet<i64> {
 #[test]
 fn a_raw_replay_reproduces_the_live_runs_alerts_and_dead_letters_a_corrupt_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("small.toml");
-    std::fs::write(&config, SMALL_DETECTORS).unwrap();
+    let config = common::small_config(dir.path());
     let night = dir.path().join("night");
     let o = apflow()
         .arg("simulate")
