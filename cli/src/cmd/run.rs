@@ -171,8 +171,9 @@ async fn account(
 struct DetectorOutcome {
     visit: VisitId,
     detector: DetectorId,
-    /// What the Kafka producer sent (`None` on the embedded bus).
-    published: Option<DetectorReport>,
+    /// What reached the stream: the Kafka producer's report, or on the embedded bus the
+    /// archive's (archival is the alerts' delivery there).
+    delivered: DetectorReport,
     /// End of readout (last snap) → DetectorProcessed published, seconds.
     latency: f64,
     counts: DetectorCounts,
@@ -200,6 +201,8 @@ struct Processed {
     per_visit: u32,
     /// Each visit's tally; its `VisitComplete` is published when it completes.
     visits: HashMap<VisitId, VisitTally>,
+    /// Complete visits whose p98 alert latency was within the 60 s budget.
+    within_budget: usize,
 }
 
 impl Processed {
@@ -209,6 +212,7 @@ impl Processed {
             failed: Vec::new(),
             per_visit,
             visits: HashMap::new(),
+            within_budget: 0,
         }
     }
 
@@ -241,8 +245,10 @@ impl Processed {
             super::VISITS_COMPLETE_TOTAL
                 .with_label_values(&[super::visit_result(&event)])
                 .inc();
-            if event.latency.as_ref().is_some_and(|l| !l.meets_budget()) {
-                super::VISITS_OVER_BUDGET_TOTAL.inc();
+            match &event.latency {
+                Some(l) if l.meets_budget() => self.within_budget += 1,
+                Some(_) => super::VISITS_OVER_BUDGET_TOTAL.inc(),
+                None => {}
             }
             tracing::info!(
                 visit = visit.0,
@@ -258,16 +264,12 @@ impl Processed {
     /// Visits whose `VisitComplete` is published, their alerts, and how many of them
     /// had 98% of their alerts out within the 60 s budget.
     fn visits_complete(&self) -> (usize, u64, usize) {
-        self.visits
+        let (n, alerts) = self
+            .visits
             .values()
             .filter(|t| t.is_complete())
-            .fold((0, 0, 0), |(n, a, b), t| {
-                let met = t
-                    .event(Utc::now())
-                    .latency
-                    .is_some_and(|l| l.meets_budget());
-                (n + 1, a + t.alerts(), b + usize::from(met))
-            })
+            .fold((0, 0), |(n, a), t| (n + 1, a + t.alerts()));
+        (n, alerts, self.within_budget)
     }
 }
 
@@ -348,18 +350,7 @@ async fn process(
                 bar.inc(1);
                 match r?? {
                     Ok(o) => {
-                        // What reached the stream: Kafka's report, else the archive's.
-                        let report = o.published.clone().unwrap_or_else(|| {
-                            // Archived now: each alert's latency is the detector's.
-                            let latency = (o.alerts_done - o.readout_end).as_seconds_f64();
-                            DetectorReport {
-                                sent: o.counts.alerts,
-                                skipped: o.alerts_already_archived as u32,
-                                bytes: 0,
-                                latencies_s: vec![latency; o.counts.alerts as usize],
-                            }
-                        });
-                        out.tally(&stage.publisher, o.visit, o.detector, Some(&report)).await?;
+                        out.tally(&stage.publisher, o.visit, o.detector, Some(&o.delivered)).await?;
                         out.done.push(o);
                     }
                     Err(letter) => {
@@ -686,13 +677,20 @@ async fn process_detector(
     // Kafka too: the archive is written after the broker acknowledged them).
     let alerts_done = Utc::now();
     let alert_latency = (alerts_done - readout_end).as_seconds_f64();
-    if published.is_none() {
-        // The embedded bus: archival is the alerts' delivery (Kafka's are observed by
-        // the producer from its acknowledgements).
+    // What reached the stream: Kafka's report (its latencies observed by the producer
+    // from the acknowledgements), else the archive's: on the embedded bus archival is
+    // the alerts' delivery, each alert's latency the detector's.
+    let delivered = published.unwrap_or_else(|| {
         for _ in 0..report.written {
             apflow_alert_dist::metrics::LATENCY_SINCE_READOUT_END_SECONDS.observe(alert_latency);
         }
-    }
+        DetectorReport {
+            sent: report.written as u32,
+            skipped: report.duplicates as u32,
+            bytes: 0,
+            latencies_s: vec![alert_latency; report.written],
+        }
+    });
     timings.push(StageTiming {
         stage: "alerts".into(),
         seconds: alerts_started.elapsed().as_secs_f64(),
@@ -746,7 +744,7 @@ async fn process_detector(
     Ok(Ok(DetectorOutcome {
         visit: visit.visit,
         detector: visit.detector,
-        published,
+        delivered,
         latency,
         counts,
         reliable,
@@ -1165,7 +1163,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         let (sent, skipped) = processed
             .done
             .iter()
-            .filter_map(|o| o.published.as_ref())
+            .map(|o| &o.delivered)
             .fold((0u64, 0u64), |(a, b), r| {
                 (a + u64::from(r.sent), b + u64::from(r.skipped))
             });
