@@ -158,7 +158,8 @@ pub struct FilterServiceOptions {
 
 impl FilterServiceOptions {
     /// Options for `topic` from `config` (no idle exit, no matches log, no dead
-    /// letters; `dir` watched when `config.dir` is set and the interval is not zero).
+    /// letters; `dir` from `config.dir` when set). The directory — `config.dir` or one
+    /// set afterwards — is watched every `config.reload_interval` unless that is zero.
     pub fn new(topic: &str, config: &FilterServiceConfig) -> Self {
         let dir = (!config.dir.as_os_str().is_empty()).then(|| config.dir.clone());
         Self {
@@ -167,8 +168,7 @@ impl FilterServiceOptions {
             batch_max: config.batch_max.max(1),
             batch_wait: config.batch_wait,
             idle_exit: None,
-            reload_interval: (dir.is_some() && !config.reload_interval.is_zero())
-                .then_some(config.reload_interval),
+            reload_interval: (!config.reload_interval.is_zero()).then_some(config.reload_interval),
             dir,
             partitions: config.partitions.max(1),
             matches_log: None,

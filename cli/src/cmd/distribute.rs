@@ -154,10 +154,9 @@ pub async fn run(args: DistributeArgs, config: &AppConfig) -> anyhow::Result<()>
         options.group.clone_from(g);
     }
     options.dir = Some(args.filters.clone());
-    let interval = args
-        .reload_interval
-        .unwrap_or(config.filters.reload_interval);
-    options.reload_interval = (!interval.is_zero()).then_some(interval);
+    if let Some(i) = args.reload_interval {
+        options.reload_interval = (!i.is_zero()).then_some(i);
+    }
     options.idle_exit = args.idle_exit;
     options.matches_log = args.matches_log.clone();
     options.dead_letters = Some(EventPublisher::new(bus.clone(), topics));

@@ -113,6 +113,21 @@ fn options(idle: Duration) -> FilterServiceOptions {
     o
 }
 
+#[test]
+fn a_directory_given_after_the_config_is_watched_at_the_configured_interval() {
+    // `apflow run --filters DIR` and `apflow distribute` set the directory on options
+    // made from a config whose `dir` is empty: the interval must still apply.
+    let config = FilterServiceConfig::default();
+    assert!(config.dir.as_os_str().is_empty());
+    let o = FilterServiceOptions::new(TOPIC, &config);
+    assert_eq!(o.reload_interval, Some(config.reload_interval));
+    let off = FilterServiceConfig {
+        reload_interval: Duration::ZERO,
+        ..FilterServiceConfig::default()
+    };
+    assert_eq!(FilterServiceOptions::new(TOPIC, &off).reload_interval, None);
+}
+
 #[tokio::test]
 async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
     let bus = Bus::memory();
