@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apflow_alert_dist::filter::bench::realistic_visit;
 use apflow_alert_dist::filter::service::{
-    FilterService, FilterServiceConfig, FilterServiceOptions, FilterSink,
+    FilterService, FilterServiceConfig, FilterServiceOptions,
 };
 use apflow_alert_dist::filter::{AlertView, CostModel, Filter, FilterSet};
 use apflow_alert_dist::packet::{AlertEncoder, AssembleConfig, decode_framed, inputs};
@@ -103,22 +103,15 @@ async fn filtered_topics_on_kafka_hold_quotas_and_only_matching_alerts() {
             headers: Vec::new(),
         },
     );
-    for r in futures::future::join_all(records.into_iter().map(|r| bus.publish(r))).await {
-        r.unwrap();
-    }
+    bus.publish_all(records).await.unwrap();
 
     let group = unique("group");
     let mut opts = FilterServiceOptions::new(&input, &FilterServiceConfig::default());
     opts.group.clone_from(&group);
     opts.idle_exit = Some(Duration::from_secs(10));
-    let service = FilterService::start(
-        &bus,
-        filters(&prefix),
-        FilterSink::Bus(bus.clone()),
-        opts.clone(),
-    )
-    .await
-    .unwrap();
+    let service = FilterService::start(&bus, filters(&prefix), bus.clone(), opts.clone())
+        .await
+        .unwrap();
     let summary = service.run(std::future::pending()).await.unwrap();
     assert_eq!(summary.consumed, xs.len() as u64 + 1);
     assert_eq!(summary.bad, 1);
@@ -177,7 +170,7 @@ async fn filtered_topics_on_kafka_hold_quotas_and_only_matching_alerts() {
     assert!(summary.filters.iter().any(|t| t.dropped() > 0));
 
     // Offsets were committed: the group resumes after the last alert.
-    let again = FilterService::start(&bus, filters(&prefix), FilterSink::Bus(bus.clone()), opts)
+    let again = FilterService::start(&bus, filters(&prefix), bus.clone(), opts)
         .await
         .unwrap();
     let s = again.run(std::future::pending()).await.unwrap();

@@ -104,7 +104,7 @@ pub use file::{DEFAULT_QUOTA, Filter, FilterFileError, FilterSet, FilterSetError
 pub use quota::{QuotaDecision, QuotaEngine, VisitCounts};
 pub use service::{
     FilterMatch, FilterService, FilterServiceConfig, FilterServiceError, FilterServiceOptions,
-    FilterSink, FilterSummary, read_matches_log,
+    FilterSummary, read_matches_log,
 };
 pub use syntax::{ErrorKind, ExprError};
 pub use view::{AlertView, ViewError};

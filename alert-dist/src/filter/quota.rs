@@ -170,11 +170,6 @@ impl QuotaEngine {
         std::mem::take(&mut self.closed)
     }
 
-    /// The quotas, by filter index.
-    pub fn quotas(&self) -> &[u32] {
-        &self.quotas
-    }
-
     /// The same state for another set of filters: filter `i` of the new set has quota
     /// `quotas[i]` and takes over the counts of old filter `from[i]` (`None`: a new
     /// filter, counts start at zero). Open visits, the closed-visit boundary, late

@@ -11,7 +11,7 @@
 //! active [`FilterSet`] is evaluated on it, each match is offered to the
 //! [`QuotaEngine`] under the alert's `diaSource.visit`, and each alert that passes is
 //! forwarded to the filter's topic with its exact bytes, key (the `diaSourceId`) and
-//! headers ([`FilterSink`]). Topics of the filters are created when missing
+//! headers (on the sink bus, [`Bus::publish_all`]). Topics of the filters are created when missing
 //! ([`Bus::ensure_topics`]). Evaluation runs off the async workers
 //! (`spawn_blocking`); the forwards of a batch are published concurrently.
 //!
@@ -173,50 +173,6 @@ impl FilterServiceOptions {
             partitions: config.partitions.max(1),
             matches_log: None,
             dead_letters: None,
-        }
-    }
-}
-
-/// Where passing alerts go.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum FilterSink {
-    /// Topics on a bus (the same bus as the input, or another): in-process or Kafka.
-    /// A batch's records are published concurrently, so the Kafka producer batches
-    /// them.
-    Bus(Bus),
-}
-
-impl FilterSink {
-    async fn ensure_topics(&self, topics: &[String], partitions: i32) -> Result<(), BusError> {
-        match self {
-            Self::Bus(bus) => {
-                let specs: Vec<TopicSpec> = topics
-                    .iter()
-                    .map(|t| TopicSpec {
-                        name: t.clone(),
-                        partitions,
-                    })
-                    .collect();
-                bus.ensure_topics(&specs).await
-            }
-        }
-    }
-
-    /// Sends every record and waits for all acknowledgements; the first error.
-    async fn send(&self, records: Vec<Record>) -> Result<(), BusError> {
-        match self {
-            Self::Bus(bus) => {
-                let results = futures::future::join_all(records.into_iter().map(|r| {
-                    let bus = bus.clone();
-                    async move { bus.publish(r).await }
-                }))
-                .await;
-                results
-                    .into_iter()
-                    .find_map(Result::err)
-                    .map_or(Ok(()), Err)
-            }
         }
     }
 }
@@ -517,9 +473,9 @@ struct Tally {
     consumed: u64,
     bad: u64,
     forwarded: u64,
-    /// name → (topic, quota, matched, passed); `order` keeps first-seen order.
-    filters: HashMap<String, FilterTotals>,
-    order: Vec<String>,
+    /// Per filter ever active, in first-seen order; `index` finds one by name.
+    filters: Vec<FilterTotals>,
+    index: HashMap<String, usize>,
     visits: Vec<VisitFilterCounts>,
     reloads: u64,
     reloads_refused: u64,
@@ -528,17 +484,25 @@ struct Tally {
 impl Tally {
     fn add_counts(&mut self, set: &FilterSet, c: &VisitCounts) {
         for (i, f) in set.filters().iter().enumerate() {
-            let t = self.filters.entry(f.name.clone()).or_insert_with(|| {
-                self.order.push(f.name.clone());
-                FilterTotals {
-                    name: f.name.clone(),
-                    topic: f.topic.clone(),
-                    quota: f.quota,
-                    matched: 0,
-                    passed: 0,
+            // Looked up without allocating: a name is only copied the first time.
+            let k = match self.index.get(&f.name) {
+                Some(&k) => k,
+                None => {
+                    self.index.insert(f.name.clone(), self.filters.len());
+                    self.filters.push(FilterTotals {
+                        name: f.name.clone(),
+                        topic: f.topic.clone(),
+                        quota: f.quota,
+                        matched: 0,
+                        passed: 0,
+                    });
+                    self.filters.len() - 1
                 }
-            });
-            t.topic.clone_from(&f.topic);
+            };
+            let t = &mut self.filters[k];
+            if t.topic != f.topic {
+                t.topic.clone_from(&f.topic);
+            }
             t.quota = f.quota;
             t.matched += c.matched.get(i).copied().unwrap_or(0);
             t.passed += c.passed.get(i).copied().unwrap_or(0);
@@ -562,16 +526,16 @@ impl Tally {
     }
 
     fn summary(mut self, set: &FilterSet) -> FilterSummary {
-        let mut filters: Vec<FilterTotals> = set
-            .filters()
-            .iter()
-            .filter_map(|f| self.filters.remove(&f.name))
-            .collect();
-        for name in &self.order {
-            if let Some(t) = self.filters.remove(name) {
-                filters.push(t);
-            }
-        }
+        // The active set's filters in its order, then those a reload removed, in the
+        // order first seen.
+        let rank = |t: &FilterTotals| {
+            set.filters()
+                .iter()
+                .position(|f| f.name == t.name)
+                .unwrap_or(usize::MAX)
+        };
+        let mut filters = self.filters;
+        filters.sort_by_key(|t| rank(t));
         self.visits
             .sort_by(|a, b| (a.visit, &a.filter).cmp(&(b.visit, &b.filter)));
         FilterSummary {
@@ -592,14 +556,21 @@ pub struct FilterService {
     sub: Subscription,
     set: Arc<FilterSet>,
     quota: QuotaEngine,
-    sink: FilterSink,
+    sink: Bus,
     options: FilterServiceOptions,
     watch: Option<Watch>,
     log: Option<std::io::BufWriter<std::fs::File>>,
 }
 
-fn topics_of(set: &FilterSet) -> Vec<String> {
-    set.filters().iter().map(|f| f.topic.clone()).collect()
+/// The filter topics of `set`, to be created with `partitions` partitions.
+fn topic_specs(set: &FilterSet, partitions: i32) -> Vec<TopicSpec> {
+    set.filters()
+        .iter()
+        .map(|f| TopicSpec {
+            name: f.topic.clone(),
+            partitions,
+        })
+        .collect()
 }
 
 impl FilterService {
@@ -614,10 +585,10 @@ impl FilterService {
     pub async fn start(
         bus: &Bus,
         set: FilterSet,
-        sink: FilterSink,
+        sink: Bus,
         options: FilterServiceOptions,
     ) -> Result<Self, FilterServiceError> {
-        sink.ensure_topics(&topics_of(&set), options.partitions)
+        sink.ensure_topics(&topic_specs(&set, options.partitions))
             .await
             .map_err(FilterServiceError::Forward)?;
         let log = match &options.matches_log {
@@ -659,11 +630,6 @@ impl FilterService {
         })
     }
 
-    /// The active filters.
-    pub fn filters(&self) -> &FilterSet {
-        &self.set
-    }
-
     /// Reloads the filter directory if it changed; keeps the old set if the new one
     /// does not load.
     async fn maybe_reload(&mut self, tally: &mut Tally) -> Result<(), FilterServiceError> {
@@ -690,7 +656,7 @@ impl FilterService {
             }
         };
         self.sink
-            .ensure_topics(&topics_of(&new), self.options.partitions)
+            .ensure_topics(&topic_specs(&new, self.options.partitions))
             .await
             .map_err(FilterServiceError::Forward)?;
         // Counts so far belong to the old set's names.
@@ -850,6 +816,9 @@ impl FilterService {
                         id,
                         passed,
                     } => {
+                        if passed.is_empty() {
+                            continue;
+                        }
                         let key = item
                             .key
                             .as_deref()
@@ -902,7 +871,7 @@ impl FilterService {
             }
             let n = records.len() as u64;
             self.sink
-                .send(records)
+                .publish_all(records)
                 .await
                 .map_err(FilterServiceError::Forward)?;
             if let Some(w) = &mut self.log {

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use apflow_alert_dist::filter::FilterSet;
-use apflow_alert_dist::filter::service::{
-    FilterService, FilterServiceOptions, FilterSink, FilterSummary,
-};
+use apflow_alert_dist::filter::service::{FilterService, FilterServiceOptions, FilterSummary};
 use apflow_alert_dist::schema::SCHEMA_ID;
 use apflow_core::bus::{Bus, EventPublisher, TopicSpec, Topics};
 use apflow_core::events::DeadLetter;
@@ -175,7 +173,7 @@ pub async fn run(args: DistributeArgs, config: &AppConfig) -> anyhow::Result<()>
     for f in set.filters() {
         println!("  {} → {} (quota {}/visit)", f.name, f.topic, f.quota);
     }
-    let service = FilterService::start(&bus, set, FilterSink::Bus(bus.clone()), options).await?;
+    let service = FilterService::start(&bus, set, bus.clone(), options).await?;
     let summary = service.run(stop_signal()).await?;
     print_summary(&summary);
     if let Some(s) = server {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use apflow_alert_dist::filter::FilterSet;
 use apflow_alert_dist::filter::service::{
-    FilterService, FilterServiceError, FilterServiceOptions, FilterSink, FilterSummary,
+    FilterService, FilterServiceError, FilterServiceOptions, FilterSummary,
 };
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::schema::SCHEMA_ID;
@@ -45,19 +45,16 @@ pub(crate) struct AlertFeed {
 impl AlertFeed {
     /// Publishes `alerts` (key = diaSourceId), concurrently; the first error.
     pub(crate) async fn publish(&self, alerts: &[FramedAlert]) -> Result<(), BusError> {
-        let results = futures::future::join_all(alerts.iter().map(|a| {
-            self.bus.publish(Record {
+        let records = alerts
+            .iter()
+            .map(|a| Record {
                 topic: self.topic.clone(),
                 key: Some(a.dia_source_id.to_string()),
                 payload: a.framed.to_vec(),
                 headers: Vec::new(),
             })
-        }))
-        .await;
-        results
-            .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), Err)
+            .collect();
+        self.bus.publish_all(records).await
     }
 }
 
@@ -112,7 +109,7 @@ pub(crate) async fn start(
     } else {
         Duration::from_millis(300).max(config.filters.batch_wait * 2)
     };
-    let service = FilterService::start(&bus, set, FilterSink::Bus(bus.clone()), options).await?;
+    let service = FilterService::start(&bus, set, bus.clone(), options).await?;
     let (finished, rx) = oneshot::channel();
     let task = tokio::spawn(service.drain(
         async {

@@ -319,6 +319,16 @@ impl Bus {
         r
     }
 
+    /// Publishes every record concurrently (so the Kafka client batches them) and
+    /// waits for all acknowledgements; the first error.
+    pub async fn publish_all(&self, records: Vec<Record>) -> Result<(), BusError> {
+        futures::future::join_all(records.into_iter().map(|r| self.publish(r)))
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
     /// Joins consumer group `group` on `topics`.
     pub async fn subscribe(
         &self,

@@ -164,7 +164,7 @@ async fn quotas_hold_per_visit_and_every_forward_satisfies_its_filter() {
     let mut opts = options(Duration::from_millis(300));
     opts.matches_log = Some(log.clone());
     opts.dead_letters = Some(EventPublisher::new(bus.clone(), topics.clone()));
-    let service = FilterService::start(&bus, set, FilterSink::Bus(bus.clone()), opts)
+    let service = FilterService::start(&bus, set, bus.clone(), opts)
         .await
         .unwrap();
     let summary = service.run(std::future::pending()).await.unwrap();
@@ -335,7 +335,7 @@ async fn a_changed_filter_applies_to_the_alerts_after_it_and_a_broken_one_is_ref
     let mut opts = options(Duration::from_secs(3600));
     opts.dir = Some(dir.path().to_owned());
     opts.reload_interval = Some(Duration::ZERO);
-    let service = FilterService::start(&bus, set, FilterSink::Bus(bus.clone()), opts)
+    let service = FilterService::start(&bus, set, bus.clone(), opts)
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
