@@ -115,6 +115,17 @@ impl fmt::Display for FilterFileError {
 
 impl std::error::Error for FilterFileError {}
 
+/// The filter files of a directory: its `*.toml` files (symbolic links followed, as
+/// a mounted Kubernetes ConfigMap has them), sorted by path.
+pub(crate) fn filter_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Every error of a filter directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FilterSetError {
@@ -333,12 +344,7 @@ impl FilterSet {
                 expr: None,
             }],
         };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(dir_err)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-            .collect();
-        paths.sort();
+        let paths = filter_files(dir).map_err(dir_err)?;
         let mut filters = Vec::new();
         let mut errors = Vec::new();
         for p in paths {

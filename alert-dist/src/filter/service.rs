@@ -359,21 +359,17 @@ impl FilterSummary {
 type DirState = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
 fn dir_state(dir: &Path) -> DirState {
-    let mut s: DirState = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .map(|p| {
-                    let m = std::fs::metadata(&p).ok();
-                    let mtime = m.as_ref().and_then(|m| m.modified().ok());
-                    (p, mtime, m.map_or(0, |m| m.len()))
-                })
-                .collect()
+    // The same files the set is loaded from; metadata follows the links.
+    super::file::filter_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let mtime = m.as_ref().and_then(|m| m.modified().ok());
+            let len = m.map_or(0, |m| m.len());
+            (p, mtime, len)
         })
-        .unwrap_or_default();
-    s.sort();
-    s
+        .collect()
 }
 
 /// Watches a directory by polling.
@@ -640,7 +636,12 @@ impl FilterService {
             return Ok(());
         }
         let dir = w.dir.clone();
-        let new = match FilterSet::load_dir(&dir) {
+        // Reading and compiling up to a hundred files: off the async workers.
+        let d = dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || FilterSet::load_dir(&d))
+            .await
+            .map_err(|e| FilterServiceError::Task(e.to_string()))?;
+        let new = match loaded {
             Ok(s) => s,
             Err(e) => {
                 tally.reloads_refused += 1;
