@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::clock::Clock;
 use crate::fresh::{FreshIdError, FreshIds};
 use crate::night::Night;
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, SpacingError};
 use crate::sink::{Sink, SinkError};
 
 /// Why a replay stopped.
@@ -146,25 +146,15 @@ pub async fn replay<S: Sink, C: Clock>(
     } else {
         f64::INFINITY
     };
-    let planned = schedule.spacings();
-    let errors: Vec<(f64, f64)> = started
-        .windows(2)
-        .zip(&planned)
-        .map(|(w, &plan)| {
-            let actual = (w[1].saturating_sub(w[0])).as_secs_f64();
-            ((actual - plan).abs(), plan)
-        })
-        .collect();
-    summary.spacing_max_abs_error_s = errors.iter().map(|e| e.0).fold(0.0, f64::max);
-    summary.spacing_mean_abs_error_s = if errors.is_empty() {
-        0.0
-    } else {
-        errors.iter().map(|e| e.0).sum::<f64>() / errors.len() as f64
-    };
-    summary.spacing_max_rel_error = errors
+    let planned: Vec<f64> = schedule
+        .visits
         .iter()
-        .filter(|e| e.1 > 0.0)
-        .map(|e| e.0 / e.1)
-        .fold(0.0, f64::max);
+        .map(|v| v.offset.as_secs_f64())
+        .collect();
+    let achieved: Vec<f64> = started.iter().map(Duration::as_secs_f64).collect();
+    let e = SpacingError::of(&planned, &achieved);
+    summary.spacing_max_abs_error_s = e.max_abs_s;
+    summary.spacing_mean_abs_error_s = e.mean_abs_s;
+    summary.spacing_max_rel_error = e.max_rel;
     Ok(summary)
 }

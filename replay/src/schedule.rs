@@ -260,13 +260,43 @@ impl Schedule {
             .map(|s| visits[s.visit_index].alert_count())
             .sum()
     }
+}
 
-    /// The planned spacing between consecutive visits, seconds.
-    pub fn spacings(&self) -> Vec<f64> {
-        self.visits
+/// How far the achieved spacing of consecutive visits was from the planned one.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpacingError {
+    /// Largest |achieved − planned| spacing, seconds.
+    pub max_abs_s: f64,
+    /// Mean |achieved − planned| spacing, seconds.
+    pub mean_abs_s: f64,
+    /// Largest such error relative to a planned spacing > 0 (0.05 = 5 %).
+    pub max_rel: f64,
+}
+
+impl SpacingError {
+    /// From each visit's planned and achieved start (seconds from the replay's start,
+    /// the same visits in the same order); zero for fewer than two visits.
+    pub fn of(planned: &[f64], achieved: &[f64]) -> Self {
+        let errors: Vec<(f64, f64)> = planned
             .windows(2)
-            .map(|w| w[1].offset.as_secs_f64() - w[0].offset.as_secs_f64())
-            .collect()
+            .zip(achieved.windows(2))
+            .map(|(p, a)| {
+                let plan = (p[1] - p[0]).max(0.0);
+                (((a[1] - a[0]) - plan).abs(), plan)
+            })
+            .collect();
+        if errors.is_empty() {
+            return Self::default();
+        }
+        Self {
+            max_abs_s: errors.iter().map(|e| e.0).fold(0.0, f64::max),
+            mean_abs_s: errors.iter().map(|e| e.0).sum::<f64>() / errors.len() as f64,
+            max_rel: errors
+                .iter()
+                .filter(|e| e.1 > 0.0)
+                .map(|e| e.0 / e.1)
+                .fold(0.0, f64::max),
+        }
     }
 }
 
@@ -355,7 +385,12 @@ mod tests {
             .map(|b| b.offset.as_secs_f64())
             .collect();
         assert_eq!(b, vec![37.0, 37.5, 38.0, 38.5]);
-        assert_eq!(s.spacings(), vec![37.0, 37.0, 37.0]);
+        let spacings: Vec<f64> = s
+            .visits
+            .windows(2)
+            .map(|w| w[1].offset.as_secs_f64() - w[0].offset.as_secs_f64())
+            .collect();
+        assert_eq!(spacings, vec![37.0, 37.0, 37.0]);
     }
 
     #[test]

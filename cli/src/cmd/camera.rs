@@ -41,7 +41,9 @@ use apflow_core::ids::DetectorId;
 use apflow_core::telemetry::events::StageFinished;
 use apflow_ingest::{ReadoutTimes, dead_letter, ingest_file};
 use apflow_replay::clock::Clock;
-use apflow_replay::schedule::{Pacing, Schedule, ScheduleError, ScheduleOptions, VisitTime};
+use apflow_replay::schedule::{
+    Pacing, Schedule, ScheduleError, ScheduleOptions, SpacingError, VisitTime,
+};
 use apflow_sim::night::raw_path;
 use apflow_sim::{Night, NightSpec, write_raw_fits};
 use chrono::Utc;
@@ -227,13 +229,13 @@ impl<'a, C: Clock> VisitPacer<'a, C> {
 /// planned| spacing between consecutive visits, seconds, and the largest such error
 /// relative to a planned spacing > 0 (0.05 = 5 %). Zero for fewer than two visits.
 pub fn spacing_error(visits: &[PacedVisit]) -> (f64, f64) {
-    visits.windows(2).fold((0.0, 0.0), |(abs, rel), w| {
-        let planned = (w[1].due.as_secs_f64() - w[0].due.as_secs_f64()).max(0.0);
-        let actual = (w[1].due + w[1].late).as_secs_f64() - (w[0].due + w[0].late).as_secs_f64();
-        let e = (actual - planned).abs();
-        let r = if planned > 0.0 { e / planned } else { 0.0 };
-        (f64::max(abs, e), f64::max(rel, r))
-    })
+    let planned: Vec<f64> = visits.iter().map(|v| v.due.as_secs_f64()).collect();
+    let achieved: Vec<f64> = visits
+        .iter()
+        .map(|v| (v.due + v.late).as_secs_f64())
+        .collect();
+    let e = SpacingError::of(&planned, &achieved);
+    (e.max_abs_s, e.max_rel)
 }
 
 /// How a raw file reached the landing area.
@@ -255,11 +257,10 @@ pub fn land(src: &Path, dst: &Path) -> std::io::Result<Landing> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    // The source must exist either way: a link failing for that reason is not retried
-    // as a copy.
-    std::fs::metadata(src)?;
     match std::fs::hard_link(src, dst) {
         Ok(()) => Ok(Landing::Linked),
+        // A missing source is not retried as a copy.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(e),
         Err(_) => std::fs::copy(src, dst).map(|_| Landing::Copied),
     }
 }

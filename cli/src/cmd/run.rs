@@ -920,7 +920,10 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
                 "  calibrations, templates and reference catalogue from {}",
                 dir.display()
             );
-            let missing = missing_raw_files(&night, dir, &selected);
+            // One stat per raw file of the selection: off the async workers.
+            let (n, d, v) = (night.clone(), dir.clone(), selected.clone());
+            let missing =
+                tokio::task::spawn_blocking(move || missing_raw_files(&n, &d, &v)).await?;
             if !missing.is_empty() {
                 println!(
                     "  raw files       {} missing (each will be ingest's dead letter), e.g. {}",
