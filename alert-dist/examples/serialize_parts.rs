@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{name:<15} {:>7.3} {:>8.3} {:>14.0} {:>11.0}",
             f.wall_seconds,
             cpu,
-            n as f64 / cpu,
+            f.alerts_per_cpu_s().unwrap_or(f64::NAN),
             f.mb_per_s()
         );
     }

@@ -96,10 +96,6 @@ pub struct SerialiseFigures {
 }
 
 impl SerialiseFigures {
-    /// Alerts per wall-clock second.
-    pub fn alerts_per_wall_s(&self) -> f64 {
-        self.alerts as f64 / self.wall_seconds
-    }
     /// Alerts per CPU second of the encoding thread.
     pub fn alerts_per_cpu_s(&self) -> Option<f64> {
         self.cpu_seconds.map(|c| self.alerts as f64 / c)

@@ -868,7 +868,8 @@ impl AlertEncoder {
 
     /// The framed packet as a new buffer (allocated once, at the reserved size).
     pub fn to_framed(&mut self, a: &AlertInput) -> Result<Vec<u8>, PacketError> {
-        let mut out = Vec::with_capacity(self.reservation(a));
+        // encode_framed reserves the packet's size: the one allocation.
+        let mut out = Vec::new();
         self.encode_framed(a, &mut out)?;
         Ok(out)
     }
@@ -1526,8 +1527,10 @@ mod tests {
         assert_eq!(enc.last_rest, first.len() - cut);
         // The next packet of the same shape fits its reservation exactly once: no
         // regrowth.
+        let reserved = enc.reservation(a);
         let second = enc.to_framed(a).unwrap();
         assert_eq!(second, first);
+        assert_eq!(second.capacity(), reserved, "the buffer regrew");
         assert!(second.capacity() >= second.len());
         assert!(second.capacity() <= second.len() + 16 * 1024 + 3 * 11);
     }

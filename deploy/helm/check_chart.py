@@ -155,9 +155,21 @@ def main():
     else:
         print(f"  ok   filters ConfigMap == deploy/filters ({len(shipped)} files)")
     dep = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-filtering")]
-    args_ = get(dep[0], "spec.template.spec.containers")[0]["args"] if dep else []
-    if args_[:3] != ["distribute", "--filters", "/etc/apflow-filters"]:
-        fail(f"the filtering Deployment does not run apflow distribute on the mounted filters: {args_}")
+    if len(dep) != 1 or len(fcm) != 1:
+        fail(f"expected one filtering Deployment and one filters ConfigMap, got {len(dep)} and {len(fcm)}")
+    else:
+        pod = dep[0]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        volumes = [v["name"] for v in pod.get("volumes", [])
+                   if v.get("configMap", {}).get("name") == fcm[0]["metadata"]["name"]]
+        mounted = [m for m in container.get("volumeMounts", [])
+                   if m["name"] in volumes and m["mountPath"] == "/etc/apflow-filters"]
+        if container["args"][:3] != ["distribute", "--filters", "/etc/apflow-filters"]:
+            fail(f"the filtering Deployment does not run apflow distribute on /etc/apflow-filters: {container['args']}")
+        elif not mounted:
+            fail("the filtering Deployment does not mount the filters ConfigMap at /etc/apflow-filters")
+        else:
+            print("  ok   the filtering Deployment runs apflow distribute on the mounted filters ConfigMap")
 
     config = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
     text = config[0]["data"]["apflow.toml"]

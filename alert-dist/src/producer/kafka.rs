@@ -181,32 +181,24 @@ impl AlertProducer {
             self.config.retries,
         )
         .await;
-        let delivered: Vec<i64> = sent
-            .delivered
-            .iter()
-            .map(|&(i, _)| batch.alerts[i].dia_source_id)
-            .collect();
-        let ledger = self.ledger.clone();
-        let ids = delivered.clone();
-        tokio::task::spawn_blocking(move || ledger.record_sent(visit, detector, &ids))
-            .await
-            .map_err(|e| ProduceError::Task(e.to_string()))??;
-        report.sent = delivered.len() as u32;
-        report.bytes = sent
-            .delivered
-            .iter()
-            .map(|&(i, _)| batch.alerts[i].framed.len() as u64)
-            .sum();
-        metrics::SENT_TOTAL.inc_by(delivered.len() as u64);
-        metrics::SENT_BYTES_TOTAL.inc_by(report.bytes);
+        // One pass over the acknowledgements: ids for the ledger, bytes, latencies.
         let seconds = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6;
-        for (_, at) in &sent.delivered {
-            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS
-                .observe(seconds(*at - batch.shutter_close));
-            let since_readout = seconds(*at - batch.readout_end);
+        let mut delivered = Vec::with_capacity(sent.delivered.len());
+        for &(i, at) in &sent.delivered {
+            delivered.push(batch.alerts[i].dia_source_id);
+            report.bytes += batch.alerts[i].framed.len() as u64;
+            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS.observe(seconds(at - batch.shutter_close));
+            let since_readout = seconds(at - batch.readout_end);
             metrics::LATENCY_SINCE_READOUT_END_SECONDS.observe(since_readout);
             report.latencies_s.push(since_readout);
         }
+        report.sent = delivered.len() as u32;
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.record_sent(visit, detector, &delivered))
+            .await
+            .map_err(|e| ProduceError::Task(e.to_string()))??;
+        metrics::SENT_TOTAL.inc_by(u64::from(report.sent));
+        metrics::SENT_BYTES_TOTAL.inc_by(report.bytes);
         if let Some(first) = sent.failed.first() {
             return Err(ProduceError::Undelivered {
                 visit: batch.visit,
