@@ -293,6 +293,22 @@ pub struct DetectorProcessed {
     pub readout_end: DateTime<Utc>,
     /// When processing finished, UTC.
     pub finished_at: DateTime<Utc>,
+    /// How its alerts reached the stream (empty for a failed detector); what the
+    /// visit's `VisitComplete` is tallied from.
+    #[serde(default)]
+    pub delivered: AlertsDelivered,
+}
+
+/// A detector's alerts as they reached the stream: acknowledged by Kafka (or archived,
+/// on the embedded bus) now, or by an earlier run of the detector.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertsDelivered {
+    /// Alerts delivered by this run.
+    pub sent: u32,
+    /// Alerts an earlier run of the detector had delivered (not sent again).
+    pub already_sent: u32,
+    /// Per alert delivered by this run: end of readout → acknowledgement, seconds.
+    pub latencies_s: Vec<f64>,
 }
 
 impl Event for DetectorProcessed {

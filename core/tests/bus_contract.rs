@@ -123,6 +123,7 @@ fn detector_processed(seq: u32) -> DetectorProcessed {
         }],
         readout_end: t0(),
         finished_at: t0() + chrono::Duration::seconds(5),
+        delivered: Default::default(),
     }
 }
 

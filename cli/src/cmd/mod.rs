@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bench_alerts;
 pub mod camera;
 pub mod config;
+pub mod detector;
 pub mod diffim;
 pub mod distribute;
 pub mod filter;

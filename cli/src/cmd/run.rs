@@ -20,35 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apflow_alert_dist::archive::Archive;
-#[cfg(feature = "kafka")]
-use apflow_alert_dist::ledger::Ledger;
-use apflow_alert_dist::packet::{
-    AlertEncoder, AlertSources, AssembleConfig, DeadLetter as AlertDeadLetter, VisitContext,
-    assemble,
-};
-#[cfg(feature = "kafka")]
-use apflow_alert_dist::producer::AlertProducer;
-use apflow_alert_dist::producer::{DetectorAlerts, DetectorReport, FramedAlert, VisitTally};
+use apflow_alert_dist::packet::AssembleConfig;
+use apflow_alert_dist::producer::{DetectorReport, VisitTally};
 use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
 use apflow_alert_dist::schema::{SCHEMA_ID, alert_schema};
 use apflow_apdb::AnyApdb;
-use apflow_apdb::partition::DEFAULT_MARGIN;
 use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
-use apflow_core::events::{
-    DeadLetter, DetectorCounts, DetectorProcessed, DetectorStatus, ErrorClass, Original,
-    RawImageReady, StageTiming,
-};
-use apflow_core::geom::SkyPolygon;
-use apflow_core::ids::{DetectorId, DiaSourceId, VisitId};
-use apflow_core::telemetry::{events::StageFinished, http};
+use apflow_core::events::{DeadLetter, RawImageReady};
+use apflow_core::ids::{DetectorId, VisitId};
+use apflow_core::telemetry::http;
 use apflow_core::time::MjdTai;
-use apflow_prompt_proc::apdb_stage::{
-    AssociateError, Associated, DetectorVisit, associate_and_store, dia_source_records,
-    forced_photometry,
-};
-use apflow_prompt_proc::association::{AssociationConfig, SsPrediction};
-use apflow_prompt_proc::cutout::CutoutSet;
-use apflow_prompt_proc::pipeline::DetectorResult;
 use apflow_prompt_proc::service::ProcessContext;
 use apflow_replay::clock::RealClock;
 use apflow_replay::report::DetectorRecord;
@@ -62,6 +43,9 @@ use super::apdb::ApdbSection;
 use super::camera::{
     Camera, VisitPacer, missing_raw_files, read_out, spacing_error, visit_schedule,
 };
+#[cfg(feature = "kafka")]
+use super::detector::alert_producer;
+use super::detector::{DetectorOutcome, Stage, VisitContexts, process_detector};
 use super::simulate::{NightArgs, progress_bar};
 use crate::config::AppConfig;
 
@@ -166,32 +150,6 @@ async fn account(
     Ok((latencies, bytes))
 }
 
-/// What one detector came to.
-#[derive(Debug)]
-struct DetectorOutcome {
-    visit: VisitId,
-    detector: DetectorId,
-    /// What reached the stream: the Kafka producer's report, or on the embedded bus the
-    /// archive's (archival is the alerts' delivery there).
-    delivered: DetectorReport,
-    /// End of readout (last snap) → DetectorProcessed published, seconds.
-    latency: f64,
-    counts: DetectorCounts,
-    reliable: usize,
-    matched: usize,
-    ss_matched: usize,
-    /// DiaSources that got no alert.
-    alerts_refused: usize,
-    /// Alerts the archive already held (a rerun of the detector): not written again.
-    alerts_already_archived: usize,
-    /// End of readout (last snap).
-    readout_end: chrono::DateTime<Utc>,
-    /// The detector's alerts archived (and published, on Kafka); minus `readout_end`,
-    /// the alert latency.
-    alerts_done: chrono::DateTime<Utc>,
-    timings: Vec<StageTiming>,
-}
-
 /// What the process stage did.
 #[derive(Debug)]
 struct Processed {
@@ -273,29 +231,6 @@ impl Processed {
     }
 }
 
-/// What every detector's processing shares.
-#[derive(Debug)]
-struct Stage {
-    ctx: Arc<ProcessContext>,
-    apdb: AnyApdb,
-    night: Arc<Night>,
-    association: AssociationConfig,
-    publisher: EventPublisher,
-    /// The scheduler's fields of each visit, for the alerts.
-    contexts: HashMap<VisitId, VisitContext>,
-    assemble: AssembleConfig,
-    archive: Arc<Archive>,
-    /// The alert producer when the bus is Kafka.
-    #[cfg(feature = "kafka")]
-    producer: Option<AlertProducer>,
-    /// The in-process alert topic, when the filtering service runs on the in-process bus.
-    alert_feed: Option<super::run_filters::AlertFeed>,
-}
-
-fn file_path(uri: &str) -> PathBuf {
-    PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri))
-}
-
 /// The process stage: gathers each detector's snaps from `RawImageReady`, runs the
 /// science core and the association stage on them (at most `workers` at once),
 /// publishes `DetectorProcessed` or a dead letter, and acknowledges the snaps only
@@ -373,411 +308,6 @@ async fn process(
     }
     raw.close(Duration::from_secs(5)).await;
     Ok(out)
-}
-
-/// A dead letter for one detector, pointing at its first raw file.
-fn detector_letter(
-    first: &RawImageReady,
-    stage: String,
-    reason: &str,
-    detail: String,
-    class: ErrorClass,
-) -> DeadLetter {
-    DeadLetter {
-        original: Original::Reference {
-            uri: first.image_uri.clone(),
-        },
-        source_topic: None,
-        stage,
-        reason: reason.into(),
-        detail,
-        class,
-        visit: Some(first.visit),
-        detector: Some(first.detector),
-        at: Utc::now(),
-    }
-}
-
-/// Solar-system objects predicted inside `footprint` (plus the APDB margin) at `t`.
-fn ss_predictions(night: &Night, footprint: &SkyPolygon, t: MjdTai) -> Vec<SsPrediction> {
-    night
-        .solar_system_objects()
-        .iter()
-        .filter_map(|o| {
-            let p = o.position(t.0);
-            footprint.contains_with_margin(p, DEFAULT_MARGIN).then(|| {
-                let (ra, dec) = p.to_radec_deg();
-                SsPrediction {
-                    ss_object_id: o.id as i64,
-                    ra,
-                    dec,
-                }
-            })
-        })
-        .collect()
-}
-
-/// The association stage for one processed detector: records, APDB read, association,
-/// forced photometry (pixel work, off the async workers), one store.
-async fn associate(
-    stage: &Stage,
-    visit: &DetectorVisit,
-    result: &DetectorResult,
-) -> Result<Associated, AssociateError> {
-    let processed = MjdTai::from_utc(Utc::now())?;
-    let records = dia_source_records(visit, &result.sources, &result.wcs, processed)?;
-    let footprint = visit.footprint(&result.wcs)?;
-    let predictions = ss_predictions(&stage.night, &footprint, visit.midpoint);
-    associate_and_store(
-        &stage.apdb,
-        visit,
-        &footprint,
-        records,
-        &predictions,
-        &stage.association,
-        |targets| {
-            tokio::task::block_in_place(|| {
-                forced_photometry(visit, result, targets, &stage.ctx.config.measure, processed)
-            })
-        },
-    )
-    .await
-}
-
-/// Assembles one alert per DiaSource: the framed packets and the DiaSources refused an
-/// alert. Blocking (FITS, Avro).
-fn assemble_alerts(
-    stage: &Stage,
-    a: &Associated,
-    cutouts: &HashMap<DiaSourceId, CutoutSet>,
-    context: &VisitContext,
-) -> (Vec<FramedAlert>, Vec<AlertDeadLetter>) {
-    let assembled = assemble(
-        &AlertSources {
-            dia_sources: &a.batch.sources,
-            dia_objects: &a.batch.objects,
-            ss_objects: &[],
-            history: &a.history_sources,
-            forced: &a.history_forced,
-            cutouts,
-        },
-        context,
-        &stage.assemble,
-        &mut AlertEncoder::new(),
-    );
-    let framed = assembled
-        .packets
-        .into_iter()
-        .map(|p| FramedAlert {
-            dia_source_id: p.dia_source_id.0,
-            framed: p.bytes.into(),
-        })
-        .collect();
-    (framed, assembled.dead_letters)
-}
-
-/// Publishes one detector's alerts to Kafka when the run has a producer (the bus is
-/// Kafka): `Ok(None)` on the embedded bus, where the archive is the stream.
-async fn publish_alerts(
-    stage: &Stage,
-    batch: DetectorAlerts<'_>,
-) -> Result<Option<DetectorReport>, String> {
-    if let Some(feed) = &stage.alert_feed {
-        feed.publish(batch.alerts)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    #[cfg(feature = "kafka")]
-    if let Some(p) = &stage.producer {
-        return p
-            .send_detector(batch)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string());
-    }
-    let _ = (stage, batch);
-    Ok(None)
-}
-
-/// Refuses a detector: publishes `letter` and a failed `DetectorProcessed` naming
-/// `failed_stage`; returns the letter.
-async fn refuse(
-    stage: &Stage,
-    first: &RawImageReady,
-    readout_end: chrono::DateTime<Utc>,
-    letter: DeadLetter,
-    failed_stage: String,
-) -> anyhow::Result<DeadLetter> {
-    stage.publisher.dead_letter(&letter).await?;
-    stage
-        .publisher
-        .publish(&DetectorProcessed {
-            visit: first.visit,
-            detector: first.detector,
-            status: DetectorStatus::Failed {
-                stage: failed_stage,
-                class: letter.class,
-                reason: letter.reason.clone(),
-            },
-            counts: DetectorCounts::default(),
-            timings: Vec::new(),
-            readout_end,
-            finished_at: Utc::now(),
-        })
-        .await?;
-    Ok(letter)
-}
-
-/// Runs the science core and the association stage on one detector's snaps and
-/// publishes the outcome: `Ok(Err(letter))` when a stage refused it.
-async fn process_detector(
-    stage: &Arc<Stage>,
-    group: &[(RawImageReady, Delivery)],
-) -> anyhow::Result<Result<DetectorOutcome, DeadLetter>> {
-    let first = &group[0].0;
-    let readout_end = group
-        .iter()
-        .map(|(e, _)| e.readout_end)
-        .max()
-        .expect("a group has snaps");
-    let paths: Vec<PathBuf> = group.iter().map(|(e, _)| file_path(&e.image_uri)).collect();
-    let started = Instant::now();
-    let stage_ctx = stage.ctx.clone();
-    let science = tokio::task::spawn_blocking(move || stage_ctx.process_files(&paths)).await?;
-    let (visit, mut result) = match science {
-        Ok(r) => r,
-        Err(f) => {
-            let letter = detector_letter(
-                first,
-                format!("process.{}", f.stage),
-                f.error.reason(),
-                f.to_string(),
-                f.error.class(),
-            );
-            return Ok(Err(refuse(
-                stage,
-                first,
-                readout_end,
-                letter,
-                f.stage.to_string(),
-            )
-            .await?));
-        }
-    };
-    let mut timings: Vec<StageTiming> = result
-        .timings
-        .iter()
-        .map(|t| StageTiming {
-            stage: t.stage.to_string(),
-            seconds: t.seconds,
-        })
-        .collect();
-    let assoc_started = Instant::now();
-    let a = match associate(stage, &visit, &result).await {
-        Ok(a) => a,
-        Err(e) => {
-            let letter = detector_letter(
-                first,
-                "associate".into(),
-                e.reason(),
-                e.to_string(),
-                e.class(),
-            );
-            return Ok(Err(refuse(
-                stage,
-                first,
-                readout_end,
-                letter,
-                "associate".into(),
-            )
-            .await?));
-        }
-    };
-    timings.extend([
-        StageTiming {
-            stage: "associate".into(),
-            seconds: assoc_started.elapsed().as_secs_f64(),
-        },
-        StageTiming {
-            stage: "apdb_read".into(),
-            seconds: a.read_seconds,
-        },
-        StageTiming {
-            stage: "apdb_write".into(),
-            seconds: a.write_seconds,
-        },
-    ]);
-    let reliable = result.reliable().count();
-    let (matched, created, ss_matched) = (a.matched, a.created, a.ss_matched);
-    let rerun = a.report.replaced_previous;
-    let (n_sources, n_forced) = (a.batch.sources.len(), a.batch.forced.len());
-
-    let alerts_started = Instant::now();
-    let cutouts: HashMap<DiaSourceId, CutoutSet> = a
-        .batch
-        .sources
-        .iter()
-        .zip(std::mem::take(&mut result.sources))
-        .filter_map(|(rec, s)| Some((rec.dia_source_id, s.cutouts?)))
-        .collect();
-    let context =
-        stage.contexts.get(&visit.visit).cloned().ok_or_else(|| {
-            anyhow::anyhow!("visit {} is not in the night's schedule", visit.visit)
-        })?;
-    let s = stage.clone();
-    let (framed, refused) =
-        tokio::task::spawn_blocking(move || assemble_alerts(&s, &a, &cutouts, &context)).await?;
-    for d in &refused {
-        let letter = detector_letter(
-            first,
-            "alerts".into(),
-            d.reason.reason(),
-            format!("DiaSource {}: {}", d.dia_source_id, d.reason),
-            d.reason.class(),
-        );
-        stage.publisher.dead_letter(&letter).await?;
-    }
-    // Kafka first (when the bus is Kafka), then the archive: it holds what was published.
-    let shutter_close = group
-        .iter()
-        .map(|(e, _)| e.shutter_close)
-        .max()
-        .expect("a group has snaps");
-    let batch = DetectorAlerts {
-        visit: visit.visit,
-        detector: visit.detector,
-        shutter_close,
-        readout_end,
-        alerts: &framed,
-    };
-    let published = match publish_alerts(stage, batch).await {
-        Ok(p) => p,
-        Err(reason) => {
-            // Acknowledged alerts are in the producer's ledger: a rerun sends the rest.
-            let letter = detector_letter(
-                first,
-                "alerts.publish".into(),
-                "kafka_delivery",
-                reason,
-                ErrorClass::Retryable,
-            );
-            return Ok(Err(refuse(
-                stage,
-                first,
-                readout_end,
-                letter,
-                "alerts.publish".into(),
-            )
-            .await?));
-        }
-    };
-    let archive = stage.archive.clone();
-    let report = tokio::task::spawn_blocking(move || archive.put_batch(&framed)).await??;
-    // Measured once the detector's batch is archived: every alert of it is out then (on
-    // Kafka too: the archive is written after the broker acknowledged them).
-    let alerts_done = Utc::now();
-    let alert_latency = (alerts_done - readout_end).as_seconds_f64();
-    // What reached the stream: Kafka's report (its latencies observed by the producer
-    // from the acknowledgements), else the archive's: on the embedded bus archival is
-    // the alerts' delivery, each alert's latency the detector's.
-    let delivered = published.unwrap_or_else(|| {
-        for _ in 0..report.written {
-            apflow_alert_dist::metrics::LATENCY_SINCE_READOUT_END_SECONDS.observe(alert_latency);
-        }
-        DetectorReport {
-            sent: report.written as u32,
-            skipped: report.duplicates as u32,
-            bytes: 0,
-            latencies_s: vec![alert_latency; report.written],
-        }
-    });
-    timings.push(StageTiming {
-        stage: "alerts".into(),
-        seconds: alerts_started.elapsed().as_secs_f64(),
-    });
-    for t in &timings {
-        StageFinished {
-            stage: &t.stage,
-            seconds: t.seconds,
-            since_readout: (t.stage == "alerts").then_some(alert_latency),
-        }
-        .emit();
-    }
-    let counts = DetectorCounts {
-        dia_sources: n_sources as u32,
-        new_dia_objects: created as u32,
-        forced_sources: n_forced as u32,
-        alerts: report.written as u32,
-    };
-    stage
-        .publisher
-        .publish(&DetectorProcessed {
-            visit: visit.visit,
-            detector: visit.detector,
-            status: DetectorStatus::Ok,
-            counts,
-            timings: timings.clone(),
-            readout_end,
-            finished_at: Utc::now(),
-        })
-        .await?;
-    let latency = (Utc::now() - readout_end).as_seconds_f64();
-    StageFinished {
-        stage: "process",
-        seconds: started.elapsed().as_secs_f64(),
-        since_readout: Some(latency),
-    }
-    .emit();
-    tracing::info!(
-        visit = visit.visit.0,
-        detector = visit.detector.0,
-        dia_sources = counts.dia_sources,
-        reliable,
-        new_dia_objects = created,
-        forced = counts.forced_sources,
-        alerts = report.written,
-        alerts_already_archived = report.duplicates,
-        rerun,
-        seconds = started.elapsed().as_secs_f64(),
-        "Detector processed."
-    );
-    Ok(Ok(DetectorOutcome {
-        visit: visit.visit,
-        detector: visit.detector,
-        delivered,
-        latency,
-        counts,
-        reliable,
-        matched,
-        ss_matched,
-        alerts_refused: refused.len(),
-        alerts_already_archived: report.duplicates,
-        readout_end,
-        alerts_done,
-        timings,
-    }))
-}
-
-/// The Kafka producer of the alert stream when the bus is Kafka (`kafka://brokers`),
-/// with its ledger in `<out>/alerts-ledger.sqlite` and its topic created if missing.
-#[cfg(feature = "kafka")]
-async fn alert_producer(
-    config: &AppConfig,
-    out: &std::path::Path,
-) -> anyhow::Result<Option<AlertProducer>> {
-    let Some(brokers) = config.bus.kafka_brokers() else {
-        return Ok(None);
-    };
-    let ledger = Arc::new(Ledger::open(&out.join("alerts-ledger.sqlite"))?);
-    let producer = AlertProducer::new(
-        brokers,
-        &config.bus.kafka,
-        &config.producer,
-        SCHEMA_ID / 100,
-        ledger,
-    )?;
-    producer.ensure_topic().await?;
-    Ok(Some(producer))
 }
 
 /// Writes one [`DetectorRecord`] per processed detector (JSON Lines), for `apflow report`.
@@ -972,10 +502,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let next_visits = (0..night.visits().len())
         .map(|i| night.next_visit(i))
         .collect::<Result<Vec<_>, _>>()?;
-    let contexts = next_visits
-        .iter()
-        .map(|nv| (nv.visit, VisitContext::from_next_visit(nv)))
-        .collect();
+    let contexts = Arc::new(VisitContexts::of(&next_visits));
     let stage = Arc::new(Stage {
         ctx,
         apdb,
@@ -987,7 +514,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             history_days: config.association.history_days,
             ..config.alerts.clone()
         },
-        archive: archive.clone(),
+        archive: Some(archive.clone()),
         #[cfg(feature = "kafka")]
         producer: alert_producer(config, &out).await?,
         alert_feed: filters.as_ref().and_then(|f| f.feed()),
