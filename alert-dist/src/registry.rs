@@ -194,6 +194,18 @@ impl SchemaRegistry {
         Ok(r)
     }
 
+    /// The schema apflow writes today ([`crate::schema::SCHEMA_ID`]), under the subject
+    /// of the topic `producer` sends it to, version 1.
+    pub fn current(producer: &crate::producer::ProducerConfig) -> Result<Self, RegistryError> {
+        let id = crate::schema::SCHEMA_ID;
+        Self::new([SchemaEntry {
+            id,
+            subject: subject_for_topic(&producer.topic(id / 100)),
+            version: 1,
+            schema: crate::schema::alert_schema().json.clone(),
+        }])
+    }
+
     /// Every entry, by id.
     pub fn entries(&self) -> impl Iterator<Item = &SchemaEntry> {
         self.by_id.values().map(|e| e.as_ref())

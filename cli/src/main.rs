@@ -40,6 +40,14 @@ enum Command {
     /// Write a simulated night (raw images, truth, calibrations, templates, reference
     /// catalogue) to a directory.
     Simulate(cmd::simulate::SimulateArgs),
+    /// The prompt-processing worker service on a Kafka bus: each detector's snaps from
+    /// the raw-image topic through the science core, association and the APDB, its
+    /// alerts to Kafka, then DetectorProcessed (or a dead letter).
+    Process(cmd::process::ProcessArgs),
+    /// Alert distribution on a Kafka bus: VisitComplete per visit from the workers'
+    /// DetectorProcessed, the read-only schema registry, and the consumer lag of every
+    /// group on the alert topics (community brokers' included) as metrics.
+    AlertDist(cmd::alert_dist::AlertDistArgs),
     /// Watch a landing directory and announce each complete raw image (RawImageReady),
     /// dead-lettering bad files with the reason.
     Ingest(cmd::ingest::IngestArgs),
@@ -91,13 +99,17 @@ fn main() -> ExitCode {
         Command::Distribute(a) => {
             runtime().and_then(|rt| rt.block_on(cmd::distribute::run(a, &config)))
         }
+        Command::Process(a) => runtime().and_then(|rt| rt.block_on(cmd::process::run(a, &config))),
+        Command::AlertDist(a) => {
+            runtime().and_then(|rt| rt.block_on(cmd::alert_dist::run(a, &config)))
+        }
         Command::Simulate(a) => cmd::simulate::run(a, &config.simulate),
         Command::Ingest(a) => runtime().and_then(|rt| rt.block_on(cmd::ingest::run(a, &config))),
         Command::Apdb(c) => runtime().and_then(|rt| rt.block_on(cmd::apdb::run(c, &config))),
         Command::Config(c) => cmd::config::run(c, &config),
         Command::Diffim(a) => cmd::diffim::run(a, &config),
         Command::Alert(c) => cmd::alert::run(c),
-        Command::Archive(c) => cmd::archive::run(c),
+        Command::Archive(c) => cmd::archive::run(c, &config),
         Command::Replay(a) => runtime().and_then(|rt| rt.block_on(cmd::replay::run(a, &config))),
         Command::Report(a) => cmd::replay::run_report(a),
         Command::Filter(c) => match cmd::filter::run(c) {

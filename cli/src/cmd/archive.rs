@@ -1,15 +1,32 @@
-//! `apflow archive …`: read the alert archive.
+//! `apflow archive …`: the archive service (`run`: every alert of the stream kept,
+//! served over HTTP) and reading the archive (`get`, `schema`).
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use apflow_alert_dist::archive::Archive;
-use clap::Subcommand;
+use apflow_alert_dist::producer::FramedAlert;
+use apflow_alert_dist::registry::SchemaRegistry;
+use apflow_alert_dist::schema::SCHEMA_ID;
+use apflow_core::bus::{Bus, Delivery, EventPublisher, Subscription, TopicSpec, Topics};
+use apflow_core::events::{DeadLetter, ErrorClass, Original};
+use apflow_core::telemetry::http;
+use clap::{Args, Subcommand};
+
+use crate::config::AppConfig;
 
 /// Alert archive commands.
 #[derive(Debug, Subcommand)]
 pub enum ArchiveCommand {
+    /// The archive service: consume the full alert topic in a consumer group, keep
+    /// every alert (one gzip object per alert, one Avro container file per night, the
+    /// schemas by id), acknowledge only what is written, and serve
+    /// `GET /v1/alerts/<id>`, `GET /v1/schemas/<id>` and the schema registry API with
+    /// /metrics.
+    Run(ArchiveRunArgs),
     /// Write an archived alert — its exact wire bytes (Confluent-framed Avro) — to
     /// standard output or a file.
     Get {
@@ -32,9 +49,41 @@ pub enum ArchiveCommand {
     },
 }
 
+/// `apflow archive run` options.
+#[derive(Debug, Args)]
+pub struct ArchiveRunArgs {
+    /// The archive directory (created if missing).
+    #[arg(long, env = "APFLOW_ARCHIVE_DIR")]
+    pub dir: PathBuf,
+    /// The full alert topic (default: the alert producer's, `[producer] topic_template`
+    /// for the current schema's major version).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Consumer group on the alert topic; a new group starts at the earliest retained
+    /// alert.
+    #[arg(long, default_value = "apflow-archive")]
+    pub group: String,
+    /// Alerts written per batch at most (one container-file block per night).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Exit after this long without a message (batch mode), e.g. `10s`.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_exit: Option<Duration>,
+    /// Address for the HTTP API and /metrics (port 0 picks one; empty disables;
+    /// default `[telemetry] metrics_listen`).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
 /// Runs an archive command.
-pub fn run(cmd: ArchiveCommand) -> anyhow::Result<()> {
+pub fn run(cmd: ArchiveCommand, config: &AppConfig) -> anyhow::Result<()> {
     match cmd {
+        ArchiveCommand::Run(args) => {
+            return tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(args, config));
+        }
         ArchiveCommand::Get { id, dir, out } => {
             let bytes = open(&dir)?.get_alert(id)?;
             match out {
@@ -56,4 +105,187 @@ pub(crate) fn open(dir: &std::path::Path) -> anyhow::Result<Archive> {
         dir.display()
     );
     Ok(Archive::open(dir)?)
+}
+
+/// What the archive service did.
+#[derive(Debug, Default)]
+struct ArchiveTotals {
+    written: usize,
+    duplicates: usize,
+    refused: usize,
+}
+
+/// The archive service: until SIGINT, SIGTERM or `--idle-exit`.
+async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
+    let registry = Arc::new(SchemaRegistry::current(&config.producer)?);
+    let dir = args.dir.clone();
+    let archive = Arc::new(tokio::task::spawn_blocking(move || Archive::open(&dir)).await??);
+    archive.put_schemas(&registry)?;
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.telemetry.metrics_listen.clone());
+    let server = if listen.is_empty() {
+        None
+    } else {
+        let router = http::router()
+            .merge(registry.clone().router())
+            .merge(archive.clone().router());
+        Some(http::serve(&listen, router).await?)
+    };
+    if let Some(s) = &server {
+        println!("archive: http://{}/v1/alerts/<id>, /metrics", s.addr);
+    }
+    let bus = Bus::from_config(&config.bus)?;
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| config.producer.topic(SCHEMA_ID / 100));
+    let topics = Topics::new(config.bus.topic_prefix.clone());
+    bus.ensure_topics(&[
+        TopicSpec {
+            name: topic.clone(),
+            partitions: config.producer.partitions,
+        },
+        TopicSpec {
+            name: topics.of::<DeadLetter>(),
+            partitions: config.bus.partitions,
+        },
+    ])
+    .await?;
+    let publisher = EventPublisher::new(bus.clone(), topics);
+    let mut sub = bus
+        .subscribe(std::slice::from_ref(&topic), &args.group)
+        .await?;
+    println!(
+        "archive: {} from topic {} on {} (group {})",
+        args.dir.display(),
+        topic,
+        bus.backend(),
+        args.group
+    );
+    let mut totals = ArchiveTotals::default();
+    let stop = super::distribute::stop_signal();
+    tokio::pin!(stop);
+    let idle = args.idle_exit.unwrap_or(Duration::MAX);
+    let poll = idle.min(Duration::from_secs(1));
+    let mut idle_for = Duration::ZERO;
+    loop {
+        let first = tokio::select! {
+            _ = &mut stop => break,
+            r = sub.next_timeout(poll) => r?,
+        };
+        let Some(first) = first else {
+            idle_for += poll;
+            if idle_for >= idle {
+                println!(
+                    "archive: idle for {}; exiting",
+                    humantime::format_duration(idle)
+                );
+                break;
+            }
+            continue;
+        };
+        idle_for = Duration::ZERO;
+        let batch = gather(&mut sub, first, args.batch.max(1)).await?;
+        archive_batch(&archive, &publisher, &topic, batch, &mut totals).await?;
+    }
+    sub.close(Duration::from_secs(10)).await;
+    println!(
+        "archive: {} alerts written, {} already archived, {} messages refused (dead letters)",
+        totals.written, totals.duplicates, totals.refused
+    );
+    if let Some(s) = server {
+        s.task.abort();
+    }
+    Ok(())
+}
+
+/// `first` and whatever else is already waiting, up to `max` messages.
+async fn gather(
+    sub: &mut Subscription,
+    first: Delivery,
+    max: usize,
+) -> anyhow::Result<Vec<Delivery>> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match sub.next_timeout(Duration::from_millis(20)).await? {
+            Some(d) => batch.push(d),
+            None => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Archives one batch: a message that is not an archivable alert (no diaSourceId key,
+/// not Confluent-framed, an unknown schema id, an id that encodes no visit) is
+/// dead-lettered with the reason; the rest are written, then every message is
+/// acknowledged. A write that fails (disk full, permissions) is retried every few
+/// seconds, its messages unacknowledged meanwhile: nothing is skipped.
+async fn archive_batch(
+    archive: &Arc<Archive>,
+    publisher: &EventPublisher,
+    topic: &str,
+    batch: Vec<Delivery>,
+    totals: &mut ArchiveTotals,
+) -> anyhow::Result<()> {
+    let mut good = Vec::with_capacity(batch.len());
+    for d in &batch {
+        let m = &d.message;
+        let alert = std::str::from_utf8(m.key.as_deref().unwrap_or_default())
+            .ok()
+            .and_then(|k| k.parse::<i64>().ok())
+            .map(|id| FramedAlert {
+                dia_source_id: id,
+                framed: m.payload.clone().into(),
+            });
+        let refused = match &alert {
+            None => Some("the message key is not a diaSourceId".to_owned()),
+            Some(a) => archive.check(a).err().map(|e| e.to_string()),
+        };
+        match (refused, alert) {
+            (None, Some(a)) => good.push(a),
+            (reason, _) => {
+                let reason = reason.unwrap_or_default();
+                tracing::warn!(topic, partition = m.partition, offset = m.offset, error = %reason,
+                    "Not an archivable alert; dead-lettered.");
+                publisher
+                    .dead_letter(&DeadLetter {
+                        original: Original::bytes(&m.payload),
+                        source_topic: Some(topic.to_owned()),
+                        stage: "archive".into(),
+                        reason: "not_an_alert".into(),
+                        detail: format!(
+                            "{reason} (partition {}, offset {})",
+                            m.partition, m.offset
+                        ),
+                        class: ErrorClass::BadInput,
+                        visit: None,
+                        detector: None,
+                        at: chrono::Utc::now(),
+                    })
+                    .await?;
+                totals.refused += 1;
+            }
+        }
+    }
+    let good = Arc::new(good);
+    loop {
+        let (a, g) = (archive.clone(), good.clone());
+        match tokio::task::spawn_blocking(move || a.put_batch(&g)).await? {
+            Ok(r) => {
+                totals.written += r.written;
+                totals.duplicates += r.duplicates;
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, alerts = good.len(), "Archiving failed; retrying in 5 s.");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+    for d in batch {
+        d.ack();
+    }
+    Ok(())
 }

@@ -91,6 +91,20 @@ struct NightDoc {
 /// version, or edited) and an `out` that is `dir` itself (read-out would overwrite the
 /// raw files it reads). Blocking.
 pub fn open_raw_night(dir: &Path, out: &Path) -> anyhow::Result<Night> {
+    if let (Ok(a), Ok(b)) = (dir.canonicalize(), out.canonicalize())
+        && a == b
+    {
+        anyhow::bail!(
+            "--out {} is the raw night itself: give the replay its own output directory",
+            out.display()
+        );
+    }
+    open_night_dir(dir)
+}
+
+/// Reads `dir/night.json` and rebuilds its night from the spec; refuses a directory
+/// whose visit plans differ from the rebuilt ones. Blocking.
+pub fn open_night_dir(dir: &Path) -> anyhow::Result<Night> {
     let path = dir.join("night.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -100,14 +114,6 @@ pub fn open_raw_night(dir: &Path, out: &Path) -> anyhow::Result<Night> {
     })?;
     let doc: NightDoc =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    if let (Ok(a), Ok(b)) = (dir.canonicalize(), out.canonicalize())
-        && a == b
-    {
-        anyhow::bail!(
-            "--out {} is the raw night itself: give the replay its own output directory",
-            out.display()
-        );
-    }
     doc.spec
         .validate()
         .with_context(|| format!("the spec in {}", path.display()))?;

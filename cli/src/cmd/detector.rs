@@ -569,16 +569,17 @@ pub(crate) async fn process_detector(
 }
 
 /// The Kafka producer of the alert stream when the bus is Kafka (`kafka://brokers`),
-/// with its ledger in `<out>/alerts-ledger.sqlite` and its topic created if missing.
+/// with its ledger (what was sent, per detector) in the SQLite file `ledger` and its
+/// topic created if missing.
 #[cfg(feature = "kafka")]
 pub(crate) async fn alert_producer(
     config: &AppConfig,
-    out: &std::path::Path,
+    ledger: &std::path::Path,
 ) -> anyhow::Result<Option<AlertProducer>> {
     let Some(brokers) = config.bus.kafka_brokers() else {
         return Ok(None);
     };
-    let ledger = Arc::new(Ledger::open(&out.join("alerts-ledger.sqlite"))?);
+    let ledger = Arc::new(Ledger::open(ledger)?);
     let producer = AlertProducer::new(
         brokers,
         &config.bus.kafka,

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
 
 pub mod alert;
+pub mod alert_dist;
 pub mod apdb;
 pub mod archive;
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod diffim;
 pub mod distribute;
 pub mod filter;
 pub mod ingest;
+pub mod process;
 pub mod replay;
 pub mod run;
 pub mod run_filters;

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::packet::AssembleConfig;
 use apflow_alert_dist::producer::{DetectorReport, VisitTally};
-use apflow_alert_dist::registry::{SchemaEntry, SchemaRegistry, subject_for_topic};
-use apflow_alert_dist::schema::{SCHEMA_ID, alert_schema};
+use apflow_alert_dist::registry::SchemaRegistry;
 use apflow_apdb::AnyApdb;
 use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
 use apflow_core::events::{DeadLetter, RawImageReady};
@@ -376,12 +375,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     };
 
     // Alerts are archived under <out>/archive; its schemas are served by the registry.
-    let registry = Arc::new(SchemaRegistry::new([SchemaEntry {
-        id: SCHEMA_ID,
-        subject: subject_for_topic(&config.producer.topic(SCHEMA_ID / 100)),
-        version: 1,
-        schema: alert_schema().json.clone(),
-    }])?);
+    let registry = Arc::new(SchemaRegistry::current(&config.producer)?);
     let archive_dir = out.join("archive");
     let archive = Arc::new(Archive::open(&archive_dir)?);
     archive.put_schemas(&registry)?;
@@ -516,7 +510,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
         },
         archive: Some(archive.clone()),
         #[cfg(feature = "kafka")]
-        producer: alert_producer(config, &out).await?,
+        producer: alert_producer(config, &out.join("alerts-ledger.sqlite")).await?,
         alert_feed: filters.as_ref().and_then(|f| f.feed()),
     });
     #[cfg(feature = "kafka")]

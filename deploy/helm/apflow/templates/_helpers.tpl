@@ -87,3 +87,25 @@ readinessProbe:
     port: metrics
   periodSeconds: 5
 {{- end -}}
+
+{{/* The full alert stream's topic for schema major version $major: (list . $major). */}}
+{{- define "apflow.alertTopic" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s%s" $root.Values.kafka.topicPrefix ($root.Values.alerts.topicTemplate | replace "{major}" (toString (index . 1))) -}}
+{{- end -}}
+
+{{/* Where pods go: nodeSelector, tolerations, affinity (pod spec level). */}}
+{{- define "apflow.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
