@@ -63,9 +63,21 @@ pub struct AlertDistArgs {
     pub listen: Option<String>,
 }
 
-/// A visit being accounted for.
+/// What feeding an event to [`Visits`] did with it.
+#[derive(Debug, PartialEq)]
+enum Fed<T> {
+    /// Held with its visit, which is still open.
+    Held,
+    /// Held, and its visit is now complete.
+    Complete(VisitId),
+    /// Its visit was completed before (a rerun's report): given back to acknowledge.
+    Stale(T),
+}
+
+/// A visit being accounted for; `T` is what is held per input event until the visit's
+/// `VisitComplete` is out (the bus deliveries, in the service).
 #[derive(Debug)]
-struct OpenVisit {
+struct OpenVisit<T> {
     tally: VisitTally,
     /// Its announcement (`None`: detectors reported before it arrived).
     announced: Option<Instant>,
@@ -74,15 +86,15 @@ struct OpenVisit {
     /// First event of the visit seen.
     first_seen: Instant,
     /// Its input events, acknowledged once its `VisitComplete` is published.
-    held: Vec<Delivery>,
+    held: Vec<T>,
     /// Detectors reported before the announcement said how many there are.
     early: Vec<DetectorProcessed>,
 }
 
 /// Visits open and recently completed.
 #[derive(Debug)]
-struct Visits {
-    open: HashMap<VisitId, OpenVisit>,
+struct Visits<T> {
+    open: HashMap<VisitId, OpenVisit<T>>,
     /// Completed visits (most recent last, bounded): later reports of them are reruns.
     done: HashSet<VisitId>,
     done_order: VecDeque<VisitId>,
@@ -92,7 +104,7 @@ struct Visits {
 /// Completed visits remembered, to recognise a rerun's reports.
 const REMEMBERED: usize = 100_000;
 
-impl Visits {
+impl<T> Visits<T> {
     fn new(timeout: Duration) -> Self {
         Self {
             open: HashMap::new(),
@@ -102,7 +114,7 @@ impl Visits {
         }
     }
 
-    fn entry(&mut self, visit: VisitId) -> &mut OpenVisit {
+    fn entry(&mut self, visit: VisitId) -> &mut OpenVisit<T> {
         self.open.entry(visit).or_insert_with(|| OpenVisit {
             tally: VisitTally::new(visit, u32::MAX),
             announced: None,
@@ -114,10 +126,9 @@ impl Visits {
     }
 
     /// A visit's announcement: its number of detectors.
-    fn announce(&mut self, nv: &NextVisit, d: Delivery) -> Option<VisitId> {
+    fn announce(&mut self, nv: &NextVisit, d: T) -> Fed<T> {
         if self.done.contains(&nv.visit) {
-            d.ack();
-            return None;
+            return Fed::Stale(d);
         }
         let v = self.entry(nv.visit);
         if v.announced.is_none() {
@@ -130,29 +141,36 @@ impl Visits {
             }
         }
         v.held.push(d);
-        v.tally.is_complete().then_some(nv.visit)
+        if v.tally.is_complete() {
+            Fed::Complete(nv.visit)
+        } else {
+            Fed::Held
+        }
     }
 
     /// A detector's outcome.
-    fn processed(&mut self, e: DetectorProcessed, d: Delivery) -> Option<VisitId> {
+    fn processed(&mut self, e: DetectorProcessed, d: T) -> Fed<T> {
         if self.done.contains(&e.visit) {
             tracing::info!(
                 visit = e.visit.0,
                 detector = e.detector.0,
                 "A detector of a completed visit reported again (a rerun); not counted."
             );
-            d.ack();
-            return None;
+            return Fed::Stale(d);
         }
         let visit = e.visit;
         let v = self.entry(visit);
         v.held.push(d);
         if v.announced.is_none() {
             v.early.push(e);
-            return None;
+            return Fed::Held;
         }
         count(&mut v.tally, &e);
-        v.tally.is_complete().then_some(visit)
+        if v.tally.is_complete() {
+            Fed::Complete(visit)
+        } else {
+            Fed::Held
+        }
     }
 
     /// Visits open longer than the timeout, completed with their missing detectors failed.
@@ -181,7 +199,7 @@ impl Visits {
     }
 
     /// Takes a complete visit out: its event and its held inputs.
-    fn complete(&mut self, visit: VisitId) -> Option<(VisitComplete, Vec<Delivery>)> {
+    fn complete(&mut self, visit: VisitId) -> Option<(VisitComplete, Vec<T>)> {
         let v = self.open.remove(&visit)?;
         self.done.insert(visit);
         self.done_order.push_back(visit);
@@ -207,6 +225,18 @@ fn count(tally: &mut VisitTally, e: &DetectorProcessed) {
             },
         ),
         DetectorStatus::Failed { .. } => tally.failed(e.detector),
+    }
+}
+
+/// The visit an event completed, if any; a stale event is acknowledged now.
+fn settle(fed: Fed<Delivery>) -> Vec<VisitId> {
+    match fed {
+        Fed::Held => Vec::new(),
+        Fed::Complete(v) => vec![v],
+        Fed::Stale(d) => {
+            d.ack();
+            Vec::new()
+        }
     }
 }
 
@@ -284,9 +314,9 @@ pub async fn run(args: AlertDistArgs, config: &AppConfig) -> anyhow::Result<()> 
         humantime::format_duration(args.lag_interval),
     );
 
-    let mut visits = Visits::new(args.visit_timeout);
+    let mut visits: Visits<Delivery> = Visits::new(args.visit_timeout);
     let mut totals = DistTotals::default();
-    let stop = super::distribute::stop_signal();
+    let stop = super::stop_signal();
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let idle = args.idle_exit.unwrap_or(Duration::MAX);
@@ -297,12 +327,12 @@ pub async fn run(args: AlertDistArgs, config: &AppConfig) -> anyhow::Result<()> 
             r = announcements.next() => {
                 last_activity = Instant::now();
                 let (nv, d) = r?;
-                visits.announce(&nv, d).into_iter().collect()
+                settle(visits.announce(&nv, d))
             }
             r = outcomes.next() => {
                 last_activity = Instant::now();
                 let (e, d) = r?;
-                visits.processed(e, d).into_iter().collect()
+                settle(visits.processed(e, d))
             }
             _ = tick.tick() => {
                 if visits.open.is_empty() && last_activity.elapsed() >= idle {
@@ -353,4 +383,122 @@ pub async fn run(args: AlertDistArgs, config: &AppConfig) -> anyhow::Result<()> 
         s.task.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apflow_core::events::{AlertsDelivered, DetectorCounts, DetectorFootprint, ErrorClass};
+    use apflow_core::geom::{SkyPolygon, UnitVector};
+    use apflow_core::time::MjdTai;
+
+    fn next_visit(visit: u64, detectors: &[u16]) -> NextVisit {
+        NextVisit {
+            visit: VisitId(visit),
+            group: "g".into(),
+            pointing: apflow_core::events::Pointing {
+                ra_deg: 10.0,
+                dec_deg: -5.0,
+                rotation_deg: 0.0,
+            },
+            band: "r".into(),
+            exposure_time_s: 30.0,
+            n_snaps: 1,
+            predicted_start: MjdTai(61000.0),
+            footprint: detectors
+                .iter()
+                .map(|&d| DetectorFootprint {
+                    detector: DetectorId(d),
+                    polygon: square(),
+                })
+                .collect(),
+            scheduler_reason: None,
+            target_name: None,
+        }
+    }
+
+    fn square() -> SkyPolygon {
+        SkyPolygon::new(
+            [(10.0, -5.0), (10.1, -5.0), (10.1, -4.9), (10.0, -4.9)]
+                .iter()
+                .map(|&(ra, dec)| UnitVector::from_radec_deg(ra, dec))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn outcome(visit: u64, detector: u16, latencies: &[f64]) -> DetectorProcessed {
+        DetectorProcessed {
+            visit: VisitId(visit),
+            detector: DetectorId(detector),
+            status: DetectorStatus::Ok,
+            counts: DetectorCounts::default(),
+            timings: Vec::new(),
+            readout_end: Utc::now(),
+            finished_at: Utc::now(),
+            delivered: AlertsDelivered {
+                sent: latencies.len() as u32,
+                already_sent: 1,
+                latencies_s: latencies.to_vec(),
+            },
+        }
+    }
+
+    fn failed(visit: u64, detector: u16) -> DetectorProcessed {
+        DetectorProcessed {
+            status: DetectorStatus::Failed {
+                stage: "psf".into(),
+                class: ErrorClass::BadInput,
+                reason: "too_few_psf_stars".into(),
+            },
+            ..outcome(visit, detector, &[])
+        }
+    }
+
+    #[test]
+    fn a_visit_completes_once_every_announced_detector_reported_even_before_its_announcement() {
+        let mut v: Visits<u32> = Visits::new(Duration::from_secs(600));
+        // Detector 1 reports before the announcement arrives (another topic).
+        assert_eq!(v.processed(outcome(7, 1, &[5.0, 6.0]), 10), Fed::Held);
+        assert_eq!(v.announce(&next_visit(7, &[1, 2, 3]), 11), Fed::Held);
+        assert_eq!(v.processed(failed(7, 2), 12), Fed::Held);
+        assert_eq!(
+            v.processed(outcome(7, 3, &[70.0]), 13),
+            Fed::Complete(VisitId(7))
+        );
+        let (e, held) = v.complete(VisitId(7)).unwrap();
+        assert_eq!(held, vec![10, 11, 12, 13]);
+        assert_eq!((e.detectors_expected, e.detectors_done), (3, 2));
+        assert_eq!(e.detectors_failed, vec![DetectorId(2)]);
+        // 3 sent now and 1 already sent per successful detector.
+        assert_eq!(e.n_alerts, 5);
+        let l = e.latency.unwrap();
+        assert_eq!(l.count, 3);
+        assert!(!l.meets_budget(), "1 of 3 alerts over 60 s: {l:?}");
+        // A rerun's report of the completed visit is given back, not counted.
+        assert_eq!(v.processed(outcome(7, 3, &[1.0]), 14), Fed::Stale(14));
+        assert!(v.open.is_empty());
+    }
+
+    #[test]
+    fn a_visit_missing_detectors_is_completed_at_the_timeout_with_them_failed() {
+        let mut v: Visits<u32> = Visits::new(Duration::ZERO);
+        assert_eq!(v.announce(&next_visit(8, &[1, 2]), 1), Fed::Held);
+        assert_eq!(v.processed(outcome(8, 2, &[3.0]), 2), Fed::Held);
+        // Reported, never announced: all it is known to have is what reported.
+        assert_eq!(v.processed(outcome(9, 4, &[3.0]), 3), Fed::Held);
+        let mut expired = v.expire();
+        expired.sort();
+        assert_eq!(expired, vec![VisitId(8), VisitId(9)]);
+        let (e, _) = v.complete(VisitId(8)).unwrap();
+        assert_eq!(
+            (e.detectors_done, e.detectors_failed.clone()),
+            (1, vec![DetectorId(1)])
+        );
+        let (e, held) = v.complete(VisitId(9)).unwrap();
+        assert_eq!(
+            (e.detectors_expected, e.detectors_done, held),
+            (1, 1, vec![3])
+        );
+    }
 }

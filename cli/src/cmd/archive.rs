@@ -165,7 +165,7 @@ async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
         args.group
     );
     let mut totals = ArchiveTotals::default();
-    let stop = super::distribute::stop_signal();
+    let stop = super::stop_signal();
     tokio::pin!(stop);
     let idle = args.idle_exit.unwrap_or(Duration::MAX);
     let poll = idle.min(Duration::from_secs(1));

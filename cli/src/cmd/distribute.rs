@@ -48,29 +48,6 @@ pub struct DistributeArgs {
     pub matches_log: Option<PathBuf>,
 }
 
-/// Resolves SIGINT or SIGTERM.
-pub(crate) async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// The per-filter table: matched, passed, dropped, topic.
 pub(crate) fn print_summary(s: &FilterSummary) {
     let (m, p, d) = s.totals();
@@ -174,7 +151,7 @@ pub async fn run(args: DistributeArgs, config: &AppConfig) -> anyhow::Result<()>
         println!("  {} → {} (quota {}/visit)", f.name, f.topic, f.quota);
     }
     let service = FilterService::start(&bus, set, bus.clone(), options).await?;
-    let summary = service.run(stop_signal()).await?;
+    let summary = service.run(super::stop_signal()).await?;
     print_summary(&summary);
     if let Some(s) = server {
         s.task.abort();

@@ -21,7 +21,7 @@ pub struct IngestArgs {
     pub interval: Duration,
 }
 
-/// Runs the ingest service until Ctrl-C.
+/// Runs the ingest service until SIGINT or SIGTERM.
 pub async fn run(args: IngestArgs, config: &AppConfig) -> anyhow::Result<()> {
     let listen = &config.telemetry.metrics_listen;
     let _server = if listen.is_empty() {
@@ -35,11 +35,9 @@ pub async fn run(args: IngestArgs, config: &AppConfig) -> anyhow::Result<()> {
         .await?;
     let publisher = EventPublisher::new(bus, topics);
     tracing::info!(dir = %args.watch.display(), bus = %config.bus.url, "Ingest watching.");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    // SIGTERM too: that is how Kubernetes stops a pod.
     DirectoryWatcher::new(args.watch)
-        .run(publisher, args.interval, shutdown)
+        .run(publisher, args.interval, super::stop_signal())
         .await?;
     Ok(())
 }

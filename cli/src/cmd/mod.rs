@@ -79,3 +79,26 @@ pub fn latency_summary(latencies: &[f64]) -> String {
     apflow_core::latency::LatencySummary::of(latencies)
         .map_or_else(|| "none".into(), |s| s.to_string())
 }
+
+/// Resolves SIGINT or SIGTERM.
+pub(crate) async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -185,7 +185,7 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(args.workers.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut totals = Totals::default();
-    let stop = super::distribute::stop_signal();
+    let stop = super::stop_signal();
     tokio::pin!(stop);
     let idle = args.idle_exit.unwrap_or(Duration::MAX);
     let mut last_activity = tokio::time::Instant::now();
