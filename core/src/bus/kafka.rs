@@ -10,14 +10,21 @@
 //! of its partition), and librdkafka commits stored offsets every `commit_interval`;
 //! [`SubscriptionBackend::commit`] commits synchronously. `close` bounds every wait:
 //! a consumer that stopped mid-stream can take seconds to leave its group.
+//!
+//! Consumer lag ([`BusBackend::consumer_lag`], see [`consumer_lag`]): the partitions
+//! of the topics from the metadata, their watermarks, the cluster's consumer groups
+//! (ListGroups), and for each group its committed offsets (OffsetFetch) read by a
+//! consumer that carries the group's id but never subscribes, so it never joins the
+//! group, triggers no rebalance and commits nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -25,8 +32,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::ack::AckTracker;
 use super::{
-    Ack, BusBackend, BusError, Delivery, KafkaConfig, Message, Record, SubscriptionBackend,
-    TopicSpec,
+    Ack, BusBackend, BusError, Delivery, GroupLag, KafkaConfig, Message, Record,
+    SubscriptionBackend, TopicSpec,
 };
 
 /// The Kafka bus: one producer shared by every publisher of the process.
@@ -140,8 +147,143 @@ pub async fn create_topics(
     Ok(())
 }
 
+/// Whether listing consumer groups has failed before in this process (warned once).
+static LISTING_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// The consumer lag of every consumer group with a committed offset on any of `topics`
+/// on `brokers`, sorted by (topic, group) (see [`GroupLag`] for how it is counted).
+///
+/// Blocking: every broker request is bounded by `config.lag_timeout`, so the call takes
+/// at most about (topics + partitions + groups + 1) × that when the broker is slow; run
+/// it off the async workers ([`KafkaBus`] does). Topics that do not exist are skipped.
+/// The reading clients use [`base_config`] (TLS, SASL) and commit nothing.
+///
+/// The groups read are those the brokers list (ListGroups) plus `config.lag_groups`; if
+/// listing fails, the configured groups alone (warned once per process), or an error
+/// when none are configured.
+pub fn consumer_lag(
+    brokers: &str,
+    config: &KafkaConfig,
+    topics: &[String],
+) -> Result<Vec<GroupLag>, BusError> {
+    let timeout = config.lag_timeout;
+    let lag_err = |what: &str, e: KafkaError| BusError::Lag(format!("{what}: {e}"));
+    let admin: BaseConsumer = base_config(brokers, config)?
+        .create()
+        .map_err(|e| BusError::Config(e.to_string()))?;
+
+    // Partitions and their (low, high) watermarks, per topic.
+    let mut names: Vec<&String> = topics.iter().collect();
+    names.sort();
+    names.dedup();
+    let mut partitions: Vec<(&str, Vec<(i32, i64, i64)>)> = Vec::new();
+    for topic in names {
+        let metadata = admin
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| lag_err(&format!("metadata of `{topic}`"), e))?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            continue;
+        };
+        if let Some(code) = t.error() {
+            let code = RDKafkaErrorCode::from(code);
+            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                tracing::debug!(topic, "No such topic: no consumer lag to read.");
+                continue;
+            }
+            return Err(BusError::Lag(format!("metadata of `{topic}`: {code}")));
+        }
+        let mut marks = Vec::with_capacity(t.partitions().len());
+        for p in t.partitions() {
+            let (low, high) = admin
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(|e| lag_err(&format!("watermarks of `{topic}` [{}]", p.id()), e))?;
+            marks.push((p.id(), low, high));
+        }
+        marks.sort_unstable();
+        partitions.push((topic.as_str(), marks));
+    }
+    if partitions.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // The listed groups plus the configured ones; when listing fails, the configured
+    // ones alone (an error if there are none).
+    let mut group_names: Vec<String> = config.lag_groups.clone();
+    match admin.fetch_group_list(None, timeout) {
+        Ok(list) => group_names.extend(list.groups().iter().map(|g| g.name().to_owned())),
+        Err(e) if group_names.is_empty() => return Err(lag_err("listing consumer groups", e)),
+        Err(e) => {
+            if LISTING_FAILED.swap(true, Ordering::Relaxed) {
+                tracing::debug!(error = %e, "Listing consumer groups failed again; reading the configured ones.");
+            } else {
+                tracing::warn!(
+                    error = %e,
+                    groups = ?config.lag_groups,
+                    "Listing consumer groups failed; reading the lag of the configured \
+                     [bus.kafka] lag_groups only (logged once)."
+                );
+            }
+        }
+    }
+    group_names.sort_unstable();
+    group_names.dedup();
+
+    let mut wanted = TopicPartitionList::new();
+    for (topic, marks) in &partitions {
+        for (p, _, _) in marks {
+            wanted.add_partition(topic, *p);
+        }
+    }
+    let mut out = Vec::new();
+    for group in &group_names {
+        let group = group.as_str();
+        // Carries the group's id to read its offsets; never subscribes, so it does not
+        // join the group, and with auto-commit off it can commit nothing.
+        let reader: BaseConsumer = base_config(brokers, config)?
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        let committed = reader
+            .committed_offsets(wanted.clone(), timeout)
+            .map_err(|e| lag_err(&format!("committed offsets of group `{group}`"), e))?;
+        for (topic, marks) in &partitions {
+            let mut lag = 0;
+            let mut with_offset = 0u32;
+            for &(p, low, high) in marks {
+                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => {
+                        with_offset += 1;
+                        o.max(low)
+                    }
+                    _ => low,
+                };
+                lag += (high - at).max(0);
+            }
+            if with_offset > 0 {
+                out.push(GroupLag {
+                    topic: (*topic).to_owned(),
+                    group: group.to_owned(),
+                    lag,
+                    partitions: with_offset,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+    Ok(out)
+}
+
 impl BusBackend for KafkaBus {
     type Subscription = KafkaSubscription;
+
+    async fn consumer_lag(&self, topics: &[String]) -> Result<Vec<GroupLag>, BusError> {
+        let (brokers, config, topics) =
+            (self.brokers.clone(), self.config.clone(), topics.to_vec());
+        tokio::task::spawn_blocking(move || consumer_lag(&brokers, &config, &topics))
+            .await
+            .map_err(|e| BusError::Lag(format!("the lag reading task failed: {e}")))?
+    }
 
     async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<(), BusError> {
         create_topics(&self.brokers, &self.config, topics).await
