@@ -88,7 +88,8 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// Bound of each broker request made to read consumer lag (listing groups, a
-    /// group's committed offsets, a partition's watermarks, topic metadata).
+    /// group's committed offsets, a partition's watermarks, topic metadata); the whole
+    /// reading is bounded by four times this (`kafka::LAG_BUDGET`).
     #[serde(with = "humantime_serde")]
     pub lag_timeout: Duration,
     /// Consumer groups whose lag is always read, in addition to the groups the brokers

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -147,15 +147,27 @@ pub async fn create_topics(
     Ok(())
 }
 
+/// A partition's offsets: the earliest retained (`low`) and the next to be written (`high`).
+#[derive(Clone, Copy, Debug)]
+struct Watermarks {
+    partition: i32,
+    low: i64,
+    high: i64,
+}
+
+/// Reading consumer lag takes at most this many times `[bus.kafka] lag_timeout`.
+pub const LAG_BUDGET: u32 = 4;
+
 /// Whether listing consumer groups has failed before in this process (warned once).
 static LISTING_FAILED: AtomicBool = AtomicBool::new(false);
 
 /// The consumer lag of every consumer group with a committed offset on any of `topics`
 /// on `brokers`, sorted by (topic, group) (see [`GroupLag`] for how it is counted).
 ///
-/// Blocking: every broker request is bounded by `config.lag_timeout`, so the call takes
-/// at most about (topics + partitions + groups + 1) × that when the broker is slow; run
-/// it off the async workers ([`KafkaBus`] does). Topics that do not exist are skipped.
+/// Blocking: each broker request waits at most `config.lag_timeout`, and all of them
+/// together at most [`LAG_BUDGET`] times that (then [`BusError::Lag`]); run it off the
+/// async workers ([`KafkaBus`] does, and stops waiting at the same bound). Topics that
+/// do not exist are skipped.
 /// The reading clients use [`base_config`] (TLS, SASL) and commit nothing.
 ///
 /// The groups read are those the brokers list (ListGroups) plus `config.lag_groups`; if
@@ -166,7 +178,18 @@ pub fn consumer_lag(
     config: &KafkaConfig,
     topics: &[String],
 ) -> Result<Vec<GroupLag>, BusError> {
-    let timeout = config.lag_timeout;
+    let deadline = Instant::now() + config.lag_timeout * LAG_BUDGET;
+    // Each request's bound: the per-request timeout, or what is left of the budget.
+    let timeout = || -> Result<Duration, BusError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(BusError::Lag(format!(
+                "not done within {LAG_BUDGET} × lag_timeout ({:?})",
+                config.lag_timeout * LAG_BUDGET
+            )));
+        }
+        Ok(left.min(config.lag_timeout))
+    };
     let lag_err = |what: &str, e: KafkaError| BusError::Lag(format!("{what}: {e}"));
     let admin: BaseConsumer = base_config(brokers, config)?
         .create()
@@ -176,10 +199,10 @@ pub fn consumer_lag(
     let mut names: Vec<&String> = topics.iter().collect();
     names.sort();
     names.dedup();
-    let mut partitions: Vec<(&str, Vec<(i32, i64, i64)>)> = Vec::new();
+    let mut partitions: Vec<(&str, Vec<Watermarks>)> = Vec::new();
     for topic in names {
         let metadata = admin
-            .fetch_metadata(Some(topic), timeout)
+            .fetch_metadata(Some(topic), timeout()?)
             .map_err(|e| lag_err(&format!("metadata of `{topic}`"), e))?;
         let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
             continue;
@@ -195,11 +218,15 @@ pub fn consumer_lag(
         let mut marks = Vec::with_capacity(t.partitions().len());
         for p in t.partitions() {
             let (low, high) = admin
-                .fetch_watermarks(topic, p.id(), timeout)
+                .fetch_watermarks(topic, p.id(), timeout()?)
                 .map_err(|e| lag_err(&format!("watermarks of `{topic}` [{}]", p.id()), e))?;
-            marks.push((p.id(), low, high));
+            marks.push(Watermarks {
+                partition: p.id(),
+                low,
+                high,
+            });
         }
-        marks.sort_unstable();
+        marks.sort_unstable_by_key(|m| m.partition);
         partitions.push((topic.as_str(), marks));
     }
     if partitions.is_empty() {
@@ -209,7 +236,7 @@ pub fn consumer_lag(
     // The listed groups plus the configured ones; when listing fails, the configured
     // ones alone (an error if there are none).
     let mut group_names: Vec<String> = config.lag_groups.clone();
-    match admin.fetch_group_list(None, timeout) {
+    match admin.fetch_group_list(None, timeout()?) {
         Ok(list) => group_names.extend(list.groups().iter().map(|g| g.name().to_owned())),
         Err(e) if group_names.is_empty() => return Err(lag_err("listing consumer groups", e)),
         Err(e) => {
@@ -230,8 +257,8 @@ pub fn consumer_lag(
 
     let mut wanted = TopicPartitionList::new();
     for (topic, marks) in &partitions {
-        for (p, _, _) in marks {
-            wanted.add_partition(topic, *p);
+        for m in marks {
+            wanted.add_partition(topic, m.partition);
         }
     }
     let mut out = Vec::new();
@@ -245,13 +272,21 @@ pub fn consumer_lag(
             .create()
             .map_err(|e| BusError::Config(e.to_string()))?;
         let committed = reader
-            .committed_offsets(wanted.clone(), timeout)
+            .committed_offsets(wanted.clone(), timeout()?)
             .map_err(|e| lag_err(&format!("committed offsets of group `{group}`"), e))?;
         for (topic, marks) in &partitions {
             let mut lag = 0;
             let mut with_offset = 0u32;
-            for &(p, low, high) in marks {
-                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            for &Watermarks {
+                partition,
+                low,
+                high,
+            } in marks
+            {
+                let at = match committed
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset())
+                {
                     Some(Offset::Offset(o)) => {
                         with_offset += 1;
                         o.max(low)
@@ -278,11 +313,20 @@ impl BusBackend for KafkaBus {
     type Subscription = KafkaSubscription;
 
     async fn consumer_lag(&self, topics: &[String]) -> Result<Vec<GroupLag>, BusError> {
+        let budget = self.config.lag_timeout * LAG_BUDGET;
         let (brokers, config, topics) =
             (self.brokers.clone(), self.config.clone(), topics.to_vec());
-        tokio::task::spawn_blocking(move || consumer_lag(&brokers, &config, &topics))
-            .await
-            .map_err(|e| BusError::Lag(format!("the lag reading task failed: {e}")))?
+        let task = tokio::task::spawn_blocking(move || consumer_lag(&brokers, &config, &topics));
+        // Dropping a client can block past its requests' timeouts: stop waiting at the
+        // budget (plus a second), leaving the thread to finish on its own.
+        match tokio::time::timeout(budget + Duration::from_secs(1), task).await {
+            Ok(joined) => {
+                joined.map_err(|e| BusError::Lag(format!("the lag reading task failed: {e}")))?
+            }
+            Err(_) => Err(BusError::Lag(format!(
+                "not done within {LAG_BUDGET} × lag_timeout ({budget:?})"
+            ))),
+        }
     }
 
     async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<(), BusError> {
