@@ -116,9 +116,10 @@ async fn lag_per_group_is_exact_and_a_group_that_committed_everything_has_none()
         let fink = unique("fink-test");
         let apflow = unique("apflow-filter");
         // tansu 0.6 cannot list groups: name ours (a broker that lists them reads both
-        // anyway, and this is the configuration such a broker needs).
+        // anyway, and this is the configuration such a broker needs), and one that never
+        // committed anything, which must not appear.
         let mut config = config;
-        config.kafka.lag_groups = vec![fink.clone(), apflow.clone()];
+        config.kafka.lag_groups = vec![fink.clone(), apflow.clone(), unique("never-joined")];
         let bus = Bus::from_config(&config).expect("bus opens");
         bus.ensure_topics(&[TopicSpec {
             name: topic.clone(),

@@ -160,6 +160,8 @@ pub const LAG_BUDGET: u32 = 4;
 
 /// Whether listing consumer groups has failed before in this process (warned once).
 static LISTING_FAILED: AtomicBool = AtomicBool::new(false);
+/// Whether a group was skipped before in this process (warned once).
+static SKIP_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// The consumer lag of every consumer group with a committed offset on any of `topics`
 /// on `brokers`, sorted by (topic, group) (see [`GroupLag`] for how it is counted).
@@ -172,7 +174,11 @@ static LISTING_FAILED: AtomicBool = AtomicBool::new(false);
 ///
 /// The groups read are those the brokers list (ListGroups) plus `config.lag_groups`; if
 /// listing fails, the configured groups alone (warned once per process), or an error
-/// when none are configured.
+/// when none are configured. A group whose committed offsets cannot be read (the client
+/// is not authorised to describe it, or it was deleted after the listing) is left out;
+/// the call fails only if no group's could be read. On a secured cluster the client
+/// therefore needs `Describe` on the cluster (to list every group) and on every group
+/// whose lag it should report (community brokers' included), and on the topics.
 pub fn consumer_lag(
     brokers: &str,
     config: &KafkaConfig,
@@ -262,6 +268,7 @@ pub fn consumer_lag(
         }
     }
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for group in &group_names {
         let group = group.as_str();
         // Carries the group's id to read its offsets; never subscribes, so it does not
@@ -271,9 +278,26 @@ pub fn consumer_lag(
             .set("enable.auto.commit", "false")
             .create()
             .map_err(|e| BusError::Config(e.to_string()))?;
-        let committed = reader
-            .committed_offsets(wanted.clone(), timeout()?)
-            .map_err(|e| lag_err(&format!("committed offsets of group `{group}`"), e))?;
+        let committed = match reader.committed_offsets(wanted.clone(), timeout()?) {
+            Ok(c) => c,
+            Err(e) => {
+                // One group's offsets unreadable (not authorised to describe it, deleted
+                // since it was listed): the others are still reported. Every group
+                // failing is the round failing.
+                if SKIP_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(group, error = %e, "Committed offsets not readable; group skipped.");
+                } else {
+                    tracing::warn!(
+                        group,
+                        error = %e,
+                        "Committed offsets not readable; group skipped (further skips are \
+                         logged at debug level)."
+                    );
+                }
+                failed.push(lag_err(&format!("committed offsets of group `{group}`"), e));
+                continue;
+            }
+        };
         for (topic, marks) in &partitions {
             let mut lag = 0;
             let mut with_offset = 0u32;
@@ -304,6 +328,11 @@ pub fn consumer_lag(
                 });
             }
         }
+    }
+    if failed.len() == group_names.len()
+        && let Some(first) = failed.into_iter().next()
+    {
+        return Err(first);
     }
     out.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
     Ok(out)

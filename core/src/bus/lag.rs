@@ -4,7 +4,8 @@
 //! community brokers (Fink, Lasair, …) read the alert topic in consumer groups of their
 //! own, which apflow never joins, so the lag is read from the broker's side — for every
 //! consumer group, its committed offset on each partition against the partition's high
-//! watermark — exactly what `kafka-consumer-groups.sh --describe` reports as `LAG`.
+//! watermark — the `LAG` column of `kafka-consumer-groups.sh --describe`, summed over
+//! the partitions (with the two choices documented on [`GroupLag`]).
 //!
 //! [`GroupLag`] is one (topic, group) row; [`super::Bus::consumer_lag`] lists them and
 //! [`spawn_lag_monitor`] copies them into the gauge
