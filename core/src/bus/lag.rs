@@ -56,7 +56,8 @@ pub struct GroupLag {
 /// `apflow_bus_errors_total{backend,op="consumer_lag"}` and logged by the bus; the
 /// gauges keep their last values (the error alert, not a fake zero, says the figure is
 /// stale) and the monitor goes on at the next tick. An `interval` of zero is taken as
-/// one second (a zero period would poll the broker in a busy loop).
+/// one second (a zero period would poll the broker in a busy loop). Call it inside a
+/// Tokio runtime; abort the returned handle to stop it.
 pub fn spawn_lag_monitor(
     bus: Bus,
     topics: Vec<String>,
