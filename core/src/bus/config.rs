@@ -87,6 +87,15 @@ pub struct KafkaConfig {
     /// `auto.commit.interval.ms`: how often acknowledged offsets are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Bound of each broker request made to read consumer lag (listing groups, a
+    /// group's committed offsets, a partition's watermarks, topic metadata); the whole
+    /// reading is bounded by four times this (`kafka::LAG_BUDGET`).
+    #[serde(with = "humantime_serde")]
+    pub lag_timeout: Duration,
+    /// Consumer groups whose lag is always read, in addition to the groups the brokers
+    /// list. Needed only where listing groups fails (the `tansu` test broker answers
+    /// ListGroups by dropping the connection): those groups are then still reported.
+    pub lag_groups: Vec<String>,
     /// TLS and SASL.
     pub security: KafkaSecurity,
 }
@@ -102,6 +111,8 @@ impl Default for KafkaConfig {
             fetch_wait_max: Duration::from_millis(100),
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_secs(1),
+            lag_timeout: Duration::from_secs(5),
+            lag_groups: Vec::new(),
             security: KafkaSecurity::default(),
         }
     }

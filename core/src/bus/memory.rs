@@ -14,6 +14,11 @@
 //! [`MemoryBusConfig::max_retained_bytes`] per topic, a publisher waits for consumers
 //! when the topic has a group (back-pressure), and the oldest messages are dropped
 //! when it has none (like Kafka's size-based retention).
+//!
+//! Consumer lag ([`BusBackend::consumer_lag`]): a group exists from its first
+//! subscription and starts with the retained start of every partition as its committed
+//! offset (that is what the bus keeps for it), so every group has a committed offset on
+//! every partition of the topics it joined.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,8 +28,8 @@ use tokio::sync::Notify;
 
 use super::ack::AckTracker;
 use super::{
-    Ack, BusBackend, BusError, Delivery, MemoryBusConfig, Message, Record, SubscriptionBackend,
-    TopicSpec,
+    Ack, BusBackend, BusError, Delivery, GroupLag, MemoryBusConfig, Message, Record,
+    SubscriptionBackend, TopicSpec,
 };
 
 #[derive(Debug, Default)]
@@ -213,6 +218,35 @@ impl BusBackend for MemoryBus {
             // Back-pressure: wait until a consumer commits and retention frees room.
             notified.await;
         }
+    }
+
+    async fn consumer_lag(&self, topics: &[String]) -> Result<Vec<GroupLag>, BusError> {
+        let map = self.shared.topics.lock().expect("bus lock");
+        let mut out = Vec::new();
+        for name in topics {
+            // A topic that does not exist (yet) has no groups.
+            let Some(topic) = map.get(name) else {
+                continue;
+            };
+            for (group, state) in &topic.groups {
+                let lag = topic
+                    .partitions
+                    .iter()
+                    .zip(&state.committed)
+                    .map(|(log, &committed)| log.end() - committed.max(log.base))
+                    .sum();
+                out.push(GroupLag {
+                    topic: name.clone(),
+                    group: group.clone(),
+                    lag,
+                    partitions: topic.partitions.len() as u32,
+                });
+            }
+        }
+        drop(map);
+        out.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+        out.dedup_by(|a, b| a.topic == b.topic && a.group == b.group);
+        Ok(out)
     }
 
     async fn subscribe(

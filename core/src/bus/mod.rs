@@ -15,11 +15,17 @@
 //! Delivery is at-least-once: a [`Delivery`] must be [`Delivery::ack`]ed after the
 //! downstream write or send succeeded; only then can its offset be committed. Topics
 //! are never created implicitly: call [`Bus::ensure_topics`] first.
+//!
+//! [`Bus::consumer_lag`] reads, for every consumer group of some topics, how far its
+//! committed offsets are behind the partitions' ends — including groups apflow never
+//! joins (community brokers reading the alert topic); [`lag::spawn_lag_monitor`]
+//! exports it as a Prometheus gauge.
 
 mod ack;
 pub mod config;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod lag;
 pub mod memory;
 
 use std::marker::PhantomData;
@@ -29,6 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 pub use self::config::{BusConfig, KafkaConfig, KafkaSecurity, MemoryBusConfig};
+pub use self::lag::{GroupLag, spawn_lag_monitor};
 use crate::events::{DeadLetter, ErrorClass, Event, Original, decode, encode};
 use crate::telemetry::metrics;
 
@@ -139,6 +146,9 @@ pub enum BusError {
     /// Client configuration was refused.
     #[error("Kafka client configuration refused: {0}")]
     Config(String),
+    /// Reading consumer groups, committed offsets or watermarks failed.
+    #[error("reading consumer lag failed: {0}")]
+    Lag(String),
     /// The subscription or bus was closed.
     #[error("the bus or subscription is closed")]
     Closed,
@@ -148,9 +158,11 @@ impl BusError {
     /// What to do with it.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Publish { .. } | Self::Consume(_) | Self::Commit(_) | Self::Admin(_) => {
-                ErrorClass::Retryable
-            }
+            Self::Publish { .. }
+            | Self::Consume(_)
+            | Self::Commit(_)
+            | Self::Admin(_)
+            | Self::Lag(_) => ErrorClass::Retryable,
             Self::NotCompiled { .. } | Self::BadUrl { .. } | Self::Config(_) => {
                 ErrorClass::BadInput
             }
@@ -177,6 +189,13 @@ pub trait BusBackend: Send + Sync {
         topics: &[String],
         group: &str,
     ) -> impl Future<Output = Result<Self::Subscription, BusError>> + Send;
+    /// The lag of every consumer group with a committed offset on any of `topics`
+    /// (members or not), one [`GroupLag`] per (topic, group), sorted by (topic, group).
+    /// Topics that do not exist are skipped.
+    fn consumer_lag(
+        &self,
+        topics: &[String],
+    ) -> impl Future<Output = Result<Vec<GroupLag>, BusError>> + Send;
 }
 
 /// A backend's consumer-group membership.
@@ -341,6 +360,21 @@ impl Bus {
             Self::Kafka(b) => b.subscribe(topics, group).await.map(Subscription::Kafka),
         };
         self.record_error("subscribe", &r);
+        r
+    }
+
+    /// The lag of every consumer group with a committed offset on any of `topics`,
+    /// sorted by (topic, group); see [`GroupLag`] for how it is counted. On Kafka this
+    /// lists the cluster's groups and reads their committed offsets without joining
+    /// them, so groups of other applications (community brokers) are included.
+    /// Failures count in `apflow_bus_errors_total{op="consumer_lag"}`.
+    pub async fn consumer_lag(&self, topics: &[String]) -> Result<Vec<GroupLag>, BusError> {
+        let r = match self {
+            Self::Memory(b) => b.consumer_lag(topics).await,
+            #[cfg(feature = "kafka")]
+            Self::Kafka(b) => b.consumer_lag(topics).await,
+        };
+        self.record_error("consumer_lag", &r);
         r
     }
 

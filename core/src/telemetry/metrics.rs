@@ -63,6 +63,19 @@ pub static BUS_ERRORS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["backend", "op"],
     )
 });
+/// Consumer lag in messages, by topic and consumer group (set by
+/// [`crate::bus::spawn_lag_monitor`]).
+pub static BUS_CONSUMER_LAG_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        Opts::new(
+            "apflow_bus_consumer_lag_messages",
+            "Messages a consumer group has not committed yet (sum over the topic's partitions of \
+             high watermark minus committed offset), by topic and group."
+        ),
+        &["topic", "group"]
+    )
+    .expect("metric names are unique")
+});
 /// Inputs dead-lettered, by stage and reason.
 pub static DEAD_LETTERS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
@@ -114,6 +127,7 @@ pub fn register_shared(version: &str, features: &str) {
     LazyLock::force(&BUS_CONSUMED_TOTAL);
     LazyLock::force(&BUS_PUBLISH_SECONDS);
     LazyLock::force(&BUS_ERRORS_TOTAL);
+    LazyLock::force(&BUS_CONSUMER_LAG_MESSAGES);
     LazyLock::force(&DEAD_LETTERS_TOTAL);
     LazyLock::force(&STAGE_SECONDS);
     LazyLock::force(&LATENCY_SINCE_READOUT_SECONDS);
