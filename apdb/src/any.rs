@@ -132,10 +132,27 @@ impl AnyApdb {
     }
 
     /// Opens the APDB at `url`, creating it first if there is none.
+    ///
+    /// Several processes may start on one new APDB at once (workers of a deployment):
+    /// when another one creates it first, this one opens what it created, waiting up to
+    /// ~5 s for the creation to finish.
     pub async fn open_or_create(url: &str, config: &ApdbConfig) -> Result<Self, ApdbError> {
-        match Self::open(url).await {
-            Err(ApdbError::NotInitialized { .. }) => Self::create(url, config).await,
-            other => other,
+        let mut attempt = 0;
+        loop {
+            match Self::open(url).await {
+                Err(ApdbError::NotInitialized { .. }) if attempt == 0 => {
+                    match Self::create(url, config).await {
+                        // Another process created it meanwhile: open that one.
+                        Err(ApdbError::AlreadyExists { .. }) => {}
+                        other => return other,
+                    }
+                }
+                // Its creation by another process is not finished yet.
+                Err(ApdbError::NotInitialized { .. }) if attempt < 25 => {}
+                other => return other,
+            }
+            attempt += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 
@@ -310,6 +327,35 @@ mod tests {
         ] {
             let e = ApdbUrl::parse(bad).unwrap_err();
             assert!(e.to_string().contains("sqlite:///path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn processes_starting_on_one_new_apdb_all_open_it() {
+        // Threads with runtimes of their own, released together, as separate processes
+        // would be; repeated, since the race is narrow.
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("apdb.sqlite").display());
+            let start = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                                .unwrap();
+                            start.wait();
+                            rt.block_on(AnyApdb::open_or_create(&url, &ApdbConfig::default()))
+                                .map(|a| a.backend())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    assert_eq!(h.join().unwrap().unwrap(), "sqlite");
+                }
+            });
         }
     }
 

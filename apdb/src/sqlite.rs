@@ -240,7 +240,12 @@ impl SqliteApdb {
         let url = format!("sqlite://{}", path.display());
         let op = "create";
         let mut conn = connect(path).map_err(classify(op))?;
-        let exists: bool = conn
+        // The write lock first, then the check: of processes creating one file at once,
+        // one creates it and the others see it exists.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(classify(op))?;
+        let exists: bool = tx
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = ?1",
                 [METADATA_TABLE],
@@ -251,7 +256,6 @@ impl SqliteApdb {
         if exists {
             return Err(ApdbError::AlreadyExists { url });
         }
-        let tx = conn.transaction().map_err(classify(op))?;
         for stmt in ddl() {
             tx.execute(&stmt, []).map_err(classify(op))?;
         }

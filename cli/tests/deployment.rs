@@ -110,12 +110,14 @@ async fn the_services_process_a_night_across_two_workers_without_loss_or_duplica
         .unwrap()
         .subsec_nanos();
     let prefix = format!("t{}-{nanos}.", std::process::id());
+    // lag_groups: the test broker (tansu) cannot list consumer groups.
     let config = d.join("apflow.toml");
     std::fs::write(
         &config,
         format!(
             "[bus]\nurl = \"kafka://{brokers}\"\ntopic_prefix = \"{prefix}\"\npartitions = 2\n\
              [bus.kafka]\nfetch_wait_max = \"10ms\"\n\
+             lag_groups = [\"apflow-archive\"]\n\
              [producer]\ntopic_template = \"{prefix}alerts-v{{major}}\"\npartitions = 2\n\
              [telemetry]\nmetrics_listen = \"\"\n\
              [apdb]\nurl = \"sqlite://{}\"\n{}",

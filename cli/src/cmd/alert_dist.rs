@@ -291,9 +291,7 @@ pub async fn run(args: AlertDistArgs, config: &AppConfig) -> anyhow::Result<()> 
         topics.of::<VisitComplete>(),
     ];
     lag_topics.extend(args.lag_topics.iter().cloned());
-    let lag = tokio::spawn(async move {
-        let _ = lag_topics;
-    }); // LAGTODO
+    let lag = apflow_core::bus::spawn_lag_monitor(bus.clone(), lag_topics, args.lag_interval);
     let publisher = EventPublisher::new(bus, topics);
     let mut announcements = EventConsumer::<NextVisit>::subscribe(
         &publisher,

@@ -187,20 +187,23 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
     let mut totals = Totals::default();
     let stop = super::stop_signal();
     tokio::pin!(stop);
-    let idle = args.idle_exit.unwrap_or(Duration::MAX);
     let mut last_activity = tokio::time::Instant::now();
     let mut fatal = None;
     loop {
-        let idle_deadline = last_activity
-            .checked_add(idle)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+        // Resolves once the worker has been idle for --idle-exit (never without it).
+        let idle_exit = async {
+            match args.idle_exit {
+                Some(idle) => tokio::time::sleep_until(last_activity + idle).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut stop => {
                 println!("process: stopping (signal); {} detector(s) in progress finish first", tasks.len());
                 break;
             }
-            _ = tokio::time::sleep_until(idle_deadline), if tasks.is_empty() && pending.is_empty() => {
-                println!("process: idle for {}; exiting", humantime::format_duration(idle));
+            _ = idle_exit, if tasks.is_empty() && pending.is_empty() => {
+                println!("process: idle; exiting");
                 break;
             }
             r = raw.next() => {

@@ -23,6 +23,7 @@ use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::packet::AssembleConfig;
 use apflow_alert_dist::producer::{DetectorReport, VisitTally};
 use apflow_alert_dist::registry::SchemaRegistry;
+use apflow_alert_dist::schema::SCHEMA_ID;
 use apflow_apdb::AnyApdb;
 use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
 use apflow_core::events::{DeadLetter, RawImageReady};
@@ -47,6 +48,10 @@ use super::detector::alert_producer;
 use super::detector::{DetectorOutcome, Stage, VisitContexts, process_detector};
 use super::simulate::{NightArgs, progress_bar};
 use crate::config::AppConfig;
+
+/// How often `apflow run` reads every consumer group's lag (cheap in-process; one
+/// round of requests per group on Kafka).
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `apflow run` options (each overrides the configuration).
 #[derive(Debug, Args)]
@@ -409,6 +414,14 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let topics = Topics::new(config.bus.topic_prefix.clone());
     bus.ensure_topics(&topics.stage_topics(config.bus.partitions))
         .await?;
+    // Every consumer group's lag on the stage topics and the alert topic, as metrics.
+    let mut lag_topics: Vec<String> = topics
+        .stage_topics(config.bus.partitions)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    lag_topics.push(config.producer.topic(SCHEMA_ID / 100));
+    let lag = apflow_core::bus::spawn_lag_monitor(bus.clone(), lag_topics, LAG_INTERVAL);
     let publisher = EventPublisher::new(bus, topics);
     // The filtering service joins the alert topic before the first alert.
     let filters = match super::run_filters::dir(args.filters.as_deref(), config) {
@@ -743,6 +756,7 @@ pub async fn run(args: RunArgs, config: &AppConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     }
+    lag.abort();
     if let Some(s) = server {
         s.task.abort();
     }
