@@ -134,21 +134,20 @@ impl AnyApdb {
     /// Opens the APDB at `url`, creating it first if there is none.
     ///
     /// Several processes may start on one new APDB at once (workers of a deployment):
-    /// when another one creates it first, this one opens what it created, waiting up to
-    /// ~5 s for the creation to finish.
+    /// when another one creates it first, this one opens what it created, retrying for up
+    /// to ~5 s while the other holds the database.
     pub async fn open_or_create(url: &str, config: &ApdbConfig) -> Result<Self, ApdbError> {
         let mut attempt = 0;
         loop {
-            match Self::open(url).await {
-                Err(ApdbError::NotInitialized { .. }) if attempt == 0 => {
-                    match Self::create(url, config).await {
-                        // Another process created it meanwhile: open that one.
-                        Err(ApdbError::AlreadyExists { .. }) => {}
-                        other => return other,
-                    }
-                }
-                // Its creation by another process is not finished yet.
-                Err(ApdbError::NotInitialized { .. }) if attempt < 25 => {}
+            let r = match Self::open(url).await {
+                Err(ApdbError::NotInitialized { .. }) => Self::create(url, config).await,
+                other => other,
+            };
+            match r {
+                // Another process created it meanwhile (open it), or holds the database
+                // while it does (wait for it).
+                Err(ApdbError::AlreadyExists { .. } | ApdbError::Unavailable { .. })
+                    if attempt < 25 => {}
                 other => return other,
             }
             attempt += 1;
