@@ -88,7 +88,8 @@ pub struct ProcessContext {
     index: Vec<TemplateTileInfo>,
     refcat: Vec<RefStar>,
     calibs: Cache<u16, MasterCalibs>,
-    tiles: Cache<String, TemplateTile>,
+    /// Keyed by file: a tile id names the same sky area in every band.
+    tiles: Cache<PathBuf, TemplateTile>,
     /// Every stage's settings.
     pub config: PipelineConfig,
 }
@@ -123,7 +124,7 @@ impl ProcessContext {
 
     fn tile(&self, info: &TemplateTileInfo) -> Result<Arc<TemplateTile>, ScienceError> {
         self.tiles
-            .get_or_load(&info.id, || read_template_tile(&info.path))
+            .get_or_load(&info.path, || read_template_tile(&info.path))
     }
 
     /// Processes one detector of one visit from its raw files (one per snap): which
@@ -159,6 +160,38 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    /// A tile id names one sky area in every band: the cache must hand out the tile of
+    /// the band asked for, whichever band was loaded first (keyed by id, a later visit
+    /// in another band was subtracted against the wrong band's template).
+    #[test]
+    fn tiles_of_one_sky_area_in_different_bands_are_different_tiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = apflow_sim::NightSpec {
+            visits: 3,
+            visits_per_band: 1,
+            detectors: 1,
+            detector_size: 256,
+            ..apflow_sim::NightSpec::default()
+        };
+        let night = apflow_sim::Night::new(&spec).unwrap();
+        night.write_inputs(dir.path(), |_| {}).unwrap();
+        let ctx = ProcessContext::open(dir.path(), PipelineConfig::default()).unwrap();
+        let shared: Vec<&TemplateTileInfo> = ctx
+            .index
+            .iter()
+            .filter(|i| ctx.index.iter().any(|j| j.id == i.id && j.band != i.band))
+            .collect();
+        assert!(
+            shared.len() >= 2,
+            "no tile id in two bands: {:?}",
+            ctx.index
+        );
+        for info in shared {
+            let tile = ctx.tile(info).unwrap();
+            assert_eq!((&tile.id, &tile.band), (&info.id, &info.band));
+        }
+    }
 
     #[test]
     fn cache_loads_each_key_once_even_when_asked_concurrently_and_evicts_the_oldest() {
