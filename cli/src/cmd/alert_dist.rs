@@ -264,15 +264,8 @@ pub async fn run(args: AlertDistArgs, config: &AppConfig) -> anyhow::Result<()> 
             config.producer.registry_url
         );
     }
-    let listen = args
-        .listen
-        .clone()
-        .unwrap_or_else(|| config.telemetry.metrics_listen.clone());
-    let server = if listen.is_empty() {
-        None
-    } else {
-        Some(http::serve(&listen, http::router().merge(registry.clone().router())).await?)
-    };
+    let router = http::router().merge(registry.clone().router());
+    let server = super::serve_http(args.listen.as_deref(), config, router).await?;
     if let Some(s) = &server {
         println!(
             "alert-dist: schema registry http://{}/subjects, metrics http://{}/metrics",

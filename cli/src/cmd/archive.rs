@@ -10,8 +10,7 @@ use anyhow::Context;
 use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::registry::SchemaRegistry;
-use apflow_alert_dist::schema::SCHEMA_ID;
-use apflow_core::bus::{Bus, Delivery, EventPublisher, Subscription, TopicSpec, Topics};
+use apflow_core::bus::{Bus, Delivery, EventPublisher, Subscription, Topics};
 use apflow_core::events::{DeadLetter, ErrorClass, Original};
 use apflow_core::telemetry::http;
 use clap::{Args, Subcommand};
@@ -121,39 +120,16 @@ async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let dir = args.dir.clone();
     let archive = Arc::new(tokio::task::spawn_blocking(move || Archive::open(&dir)).await??);
     archive.put_schemas(&registry)?;
-    let listen = args
-        .listen
-        .clone()
-        .unwrap_or_else(|| config.telemetry.metrics_listen.clone());
-    let server = if listen.is_empty() {
-        None
-    } else {
-        let router = http::router()
-            .merge(registry.clone().router())
-            .merge(archive.clone().router());
-        Some(http::serve(&listen, router).await?)
-    };
+    let router = http::router()
+        .merge(registry.clone().router())
+        .merge(archive.clone().router());
+    let server = super::serve_http(args.listen.as_deref(), config, router).await?;
     if let Some(s) = &server {
         println!("archive: http://{}/v1/alerts/<id>, /metrics", s.addr);
     }
     let bus = Bus::from_config(&config.bus)?;
-    let topic = args
-        .topic
-        .clone()
-        .unwrap_or_else(|| config.producer.topic(SCHEMA_ID / 100));
-    let topics = Topics::new(config.bus.topic_prefix.clone());
-    bus.ensure_topics(&[
-        TopicSpec {
-            name: topic.clone(),
-            partitions: config.producer.partitions,
-        },
-        TopicSpec {
-            name: topics.of::<DeadLetter>(),
-            partitions: config.bus.partitions,
-        },
-    ])
-    .await?;
-    let publisher = EventPublisher::new(bus.clone(), topics);
+    let topic = super::ensure_alert_input(&bus, config, args.topic.as_deref()).await?;
+    let publisher = EventPublisher::new(bus.clone(), Topics::new(config.bus.topic_prefix.clone()));
     let mut sub = bus
         .subscribe(std::slice::from_ref(&topic), &args.group)
         .await?;

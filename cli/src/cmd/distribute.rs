@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use apflow_alert_dist::filter::FilterSet;
 use apflow_alert_dist::filter::service::{FilterService, FilterServiceOptions, FilterSummary};
-use apflow_alert_dist::schema::SCHEMA_ID;
-use apflow_core::bus::{Bus, EventPublisher, TopicSpec, Topics};
-use apflow_core::events::DeadLetter;
+use apflow_core::bus::{Bus, EventPublisher, Topics};
 use apflow_core::telemetry::http;
 use clap::Args;
 
@@ -86,44 +84,21 @@ pub(crate) fn print_summary(s: &FilterSummary) {
 /// Runs the filtering service until a signal or `--idle-exit`.
 pub async fn run(args: DistributeArgs, config: &AppConfig) -> anyhow::Result<()> {
     let set = FilterSet::load_dir(&args.filters)?;
-    let listen = args
-        .metrics_listen
-        .clone()
-        .unwrap_or_else(|| config.telemetry.metrics_listen.clone());
     // A metrics address in use must not stop the service: it runs without /metrics.
-    let server = if listen.is_empty() {
-        None
-    } else {
-        match http::serve(&listen, http::router()).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(%listen, error = %e, "No /metrics: the address cannot be served.");
-                eprintln!("warning: /metrics not served on {listen}: {e}");
-                None
-            }
-        }
-    };
+    let server = super::serve_http(args.metrics_listen.as_deref(), config, http::router())
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "No /metrics: the address cannot be served.");
+            eprintln!("warning: /metrics not served: {e}");
+            None
+        });
     if let Some(s) = &server {
         println!("metrics: http://{}/metrics", s.addr);
     }
     let bus = Bus::from_config(&config.bus)?;
-    let topic = args
-        .topic
-        .clone()
-        .unwrap_or_else(|| config.producer.topic(SCHEMA_ID / 100));
-    let topics = Topics::new(config.bus.topic_prefix.clone());
     // The input (left as it is when it exists) and the dead-letter topic.
-    bus.ensure_topics(&[
-        TopicSpec {
-            name: topic.clone(),
-            partitions: config.producer.partitions,
-        },
-        TopicSpec {
-            name: topics.of::<DeadLetter>(),
-            partitions: config.bus.partitions,
-        },
-    ])
-    .await?;
+    let topic = super::ensure_alert_input(&bus, config, args.topic.as_deref()).await?;
+    let topics = Topics::new(config.bus.topic_prefix.clone());
     let mut options = FilterServiceOptions::new(&topic, &config.filters);
     if let Some(g) = &args.group {
         options.group.clone_from(g);

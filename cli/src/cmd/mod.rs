@@ -2,6 +2,7 @@
 
 use std::sync::LazyLock;
 
+use apflow_core::telemetry::http;
 use prometheus::{IntCounter, IntCounterVec, register_int_counter, register_int_counter_vec};
 
 pub mod alert;
@@ -101,4 +102,50 @@ pub(crate) async fn stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Serves `router` (build it on [`http::router`]: /metrics and /healthz) on `listen`,
+/// else on `[telemetry] metrics_listen`; `None` when the address is empty.
+pub(crate) async fn serve_http(
+    listen: Option<&str>,
+    config: &crate::config::AppConfig,
+    router: axum::Router,
+) -> std::io::Result<Option<http::Server>> {
+    let listen = listen.unwrap_or(&config.telemetry.metrics_listen);
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    http::serve(listen, router).await.map(Some)
+}
+
+/// Creates, when missing, the full alert topic a consumer of the stream reads (`topic`,
+/// else the producer's for the current schema's major version) and the dead-letter
+/// topic its bad messages go to; returns the alert topic's name.
+pub(crate) async fn ensure_alert_input(
+    bus: &apflow_core::bus::Bus,
+    config: &crate::config::AppConfig,
+    topic: Option<&str>,
+) -> anyhow::Result<String> {
+    use apflow_core::bus::{TopicSpec, Topics};
+    let topic = topic.map_or_else(
+        || {
+            config
+                .producer
+                .topic(apflow_alert_dist::schema::SCHEMA_ID / 100)
+        },
+        str::to_owned,
+    );
+    let topics = Topics::new(config.bus.topic_prefix.clone());
+    bus.ensure_topics(&[
+        TopicSpec {
+            name: topic.clone(),
+            partitions: config.producer.partitions,
+        },
+        TopicSpec {
+            name: topics.of::<apflow_core::events::DeadLetter>(),
+            partitions: config.bus.partitions,
+        },
+    ])
+    .await?;
+    Ok(topic)
 }

@@ -99,15 +99,7 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
              apflow run runs every stage in one process)"
         );
     }
-    let listen = args
-        .metrics_listen
-        .clone()
-        .unwrap_or_else(|| config.telemetry.metrics_listen.clone());
-    let server = if listen.is_empty() {
-        None
-    } else {
-        Some(http::serve(&listen, http::router()).await?)
-    };
+    let server = super::serve_http(args.metrics_listen.as_deref(), config, http::router()).await?;
     if let Some(s) = &server {
         println!("metrics: http://{}/metrics", s.addr);
     }
