@@ -447,6 +447,31 @@ pub struct DeadLetter {
     pub at: DateTime<Utc>,
 }
 
+impl DeadLetter {
+    /// A message of the alert stream that is not an alert (reason `not_an_alert`, bad
+    /// input): its bytes, where it was read (topic, partition, offset) and why.
+    pub fn not_an_alert(
+        payload: &[u8],
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        stage: &str,
+        why: &dyn std::fmt::Display,
+    ) -> Self {
+        Self {
+            original: Original::bytes(payload),
+            source_topic: Some(topic.to_owned()),
+            stage: stage.to_owned(),
+            reason: "not_an_alert".to_owned(),
+            detail: format!("{why} (partition {partition}, offset {offset})"),
+            class: ErrorClass::BadInput,
+            visit: None,
+            detector: None,
+            at: Utc::now(),
+        }
+    }
+}
+
 impl Event for DeadLetter {
     const TYPE: &'static str = "DeadLetter";
     const VERSION: u32 = 1;

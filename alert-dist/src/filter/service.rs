@@ -81,7 +81,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use apflow_core::bus::{Bus, BusError, EventPublisher, Record, Subscription, TopicSpec};
-use apflow_core::events::{DeadLetter, ErrorClass, Original};
+use apflow_core::events::{DeadLetter, ErrorClass};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -849,20 +849,14 @@ impl FilterService {
                             topic = %topic, partition = m.partition, offset = m.offset,
                             error = %reason, "Not an alert; skipped.");
                         if let Some(p) = &self.options.dead_letters {
-                            let letter = DeadLetter {
-                                original: Original::bytes(&item.payload),
-                                source_topic: Some(topic.clone()),
-                                stage: DEAD_LETTER_STAGE.to_owned(),
-                                reason: "not_an_alert".to_owned(),
-                                detail: format!(
-                                    "{reason} (partition {}, offset {})",
-                                    m.partition, m.offset
-                                ),
-                                class: ErrorClass::BadInput,
-                                visit: None,
-                                detector: None,
-                                at: chrono::Utc::now(),
-                            };
+                            let letter = DeadLetter::not_an_alert(
+                                &item.payload,
+                                &topic,
+                                m.partition,
+                                m.offset,
+                                DEAD_LETTER_STAGE,
+                                &reason,
+                            );
                             p.dead_letter(&letter)
                                 .await
                                 .map_err(FilterServiceError::DeadLetter)?;

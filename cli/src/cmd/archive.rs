@@ -11,7 +11,7 @@ use apflow_alert_dist::archive::Archive;
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::registry::SchemaRegistry;
 use apflow_core::bus::{Bus, Delivery, EventPublisher, Subscription, Topics};
-use apflow_core::events::{DeadLetter, ErrorClass, Original};
+use apflow_core::events::DeadLetter;
 use apflow_core::telemetry::http;
 use clap::{Args, Subcommand};
 
@@ -202,48 +202,46 @@ async fn archive_batch(
     archive: &Arc<Archive>,
     publisher: &EventPublisher,
     topic: &str,
-    batch: Vec<Delivery>,
+    mut batch: Vec<Delivery>,
     totals: &mut ArchiveTotals,
 ) -> anyhow::Result<()> {
     let mut good = Vec::with_capacity(batch.len());
-    for d in &batch {
-        let m = &d.message;
-        let alert = std::str::from_utf8(m.key.as_deref().unwrap_or_default())
+    for d in &mut batch {
+        let m = &mut d.message;
+        // The bytes move out of the message (only its position is needed to acknowledge it).
+        let framed = bytes::Bytes::from(std::mem::take(&mut m.payload));
+        let id = std::str::from_utf8(m.key.as_deref().unwrap_or_default())
             .ok()
-            .and_then(|k| k.parse::<i64>().ok())
-            .map(|id| FramedAlert {
-                dia_source_id: id,
-                framed: m.payload.clone().into(),
-            });
-        let refused = match &alert {
-            None => Some("the message key is not a diaSourceId".to_owned()),
-            Some(a) => archive.check(a).err().map(|e| e.to_string()),
-        };
-        match (refused, alert) {
-            (None, Some(a)) => good.push(a),
-            (reason, _) => {
-                let reason = reason.unwrap_or_default();
-                tracing::warn!(topic, partition = m.partition, offset = m.offset, error = %reason,
-                    "Not an archivable alert; dead-lettered.");
-                publisher
-                    .dead_letter(&DeadLetter {
-                        original: Original::bytes(&m.payload),
-                        source_topic: Some(topic.to_owned()),
-                        stage: "archive".into(),
-                        reason: "not_an_alert".into(),
-                        detail: format!(
-                            "{reason} (partition {}, offset {})",
-                            m.partition, m.offset
-                        ),
-                        class: ErrorClass::BadInput,
-                        visit: None,
-                        detector: None,
-                        at: chrono::Utc::now(),
-                    })
-                    .await?;
-                totals.refused += 1;
+            .and_then(|k| k.parse::<i64>().ok());
+        let why = match id {
+            None => "the message key is not a diaSourceId".to_owned(),
+            Some(id) => {
+                let alert = FramedAlert {
+                    dia_source_id: id,
+                    framed: framed.clone(),
+                };
+                match archive.check(&alert) {
+                    Ok(_) => {
+                        good.push(alert);
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
+                }
             }
-        }
+        };
+        tracing::warn!(topic, partition = m.partition, offset = m.offset, error = %why,
+            "Not an archivable alert; dead-lettered.");
+        publisher
+            .dead_letter(&DeadLetter::not_an_alert(
+                &framed,
+                topic,
+                m.partition,
+                m.offset,
+                "archive",
+                &why,
+            ))
+            .await?;
+        totals.refused += 1;
     }
     let good = Arc::new(good);
     loop {
