@@ -101,6 +101,73 @@ impl VisitContexts {
     }
 }
 
+/// What a detector task returns: its outcome, a stage's refusal (published as a dead
+/// letter), or an error of the task itself (the bus).
+pub(crate) type DetectorTask = anyhow::Result<Result<DetectorOutcome, DeadLetter>>;
+
+/// Each detector's snaps, gathered from `RawImageReady` until all have arrived.
+#[derive(Debug)]
+pub(crate) struct SnapGroups {
+    snaps: usize,
+    pending: HashMap<(u64, u16), Vec<(RawImageReady, Delivery)>>,
+}
+
+impl SnapGroups {
+    /// Detectors of `snaps` snaps each.
+    pub(crate) fn new(snaps: usize) -> Self {
+        Self {
+            snaps,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Adds one snap; the detector's snaps in exposure order once all are there.
+    pub(crate) fn add(
+        &mut self,
+        e: RawImageReady,
+        d: Delivery,
+    ) -> Option<Vec<(RawImageReady, Delivery)>> {
+        let key = (e.visit.0, e.detector.0);
+        let group = self.pending.entry(key).or_default();
+        group.push((e, d));
+        if group.len() < self.snaps {
+            return None;
+        }
+        let mut group = self.pending.remove(&key)?;
+        group.sort_by_key(|(e, _)| e.exposure.0);
+        Some(group)
+    }
+
+    /// Detectors with some of their snaps still missing (the worker service's idle test).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn incomplete(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Processes one detector's snaps in `tasks` once `limit` grants a worker; the snaps are
+/// acknowledged only once the outcome is published (at-least-once).
+pub(crate) async fn spawn_detector(
+    tasks: &mut tokio::task::JoinSet<DetectorTask>,
+    limit: &Arc<tokio::sync::Semaphore>,
+    stage: &Arc<Stage>,
+    group: Vec<(RawImageReady, Delivery)>,
+) -> anyhow::Result<()> {
+    let permit = limit.clone().acquire_owned().await?;
+    let stage = stage.clone();
+    tasks.spawn(async move {
+        let r = process_detector(&stage, &group).await;
+        if r.is_ok() {
+            for (_, d) in group {
+                d.ack();
+            }
+        }
+        drop(permit);
+        r
+    });
+    Ok(())
+}
+
 /// What one detector came to.
 #[derive(Debug)]
 pub(crate) struct DetectorOutcome {

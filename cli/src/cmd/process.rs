@@ -13,8 +13,6 @@
 //! that never commits). Visits are accounted for (`VisitComplete`) by `apflow
 //! alert-dist`, the archive is `apflow archive run`: both read what the workers publish.
 
-#[cfg(feature = "kafka")]
-use std::collections::HashMap;
 use std::path::PathBuf;
 #[cfg(feature = "kafka")]
 use std::sync::Arc;
@@ -83,13 +81,13 @@ struct Totals {
 #[cfg(feature = "kafka")]
 async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
     use apflow_apdb::AnyApdb;
-    use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
+    use apflow_core::bus::{Bus, EventConsumer, EventPublisher, Topics};
     use apflow_core::events::{NextVisit, RawImageReady};
     use apflow_core::telemetry::http;
     use apflow_prompt_proc::service::ProcessContext;
     use tokio::sync::Semaphore;
 
-    use super::detector::{Stage, VisitContexts, alert_producer, process_detector};
+    use super::detector::{SnapGroups, Stage, VisitContexts, alert_producer, spawn_detector};
 
     let bus = Bus::from_config(&config.bus)?;
     if config.bus.kafka_brokers().is_none() {
@@ -173,7 +171,7 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
         apdb_url,
         alert_topic.as_deref().unwrap_or("-")
     );
-    let mut pending: HashMap<(u64, u16), Vec<(RawImageReady, Delivery)>> = HashMap::new();
+    let mut groups = SnapGroups::new(snaps);
     let limit = Arc::new(Semaphore::new(args.workers.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut totals = Totals::default();
@@ -194,34 +192,16 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
                 println!("process: stopping (signal); {} detector(s) in progress finish first", tasks.len());
                 break;
             }
-            _ = idle_exit, if tasks.is_empty() && pending.is_empty() => {
+            _ = idle_exit, if tasks.is_empty() && groups.incomplete() == 0 => {
                 println!("process: idle; exiting");
                 break;
             }
             r = raw.next() => {
                 last_activity = tokio::time::Instant::now();
                 let (e, d) = r?;
-                let key = (e.visit.0, e.detector.0);
-                let group = pending.entry(key).or_default();
-                group.push((e, d));
-                if group.len() < snaps {
-                    continue;
+                if let Some(group) = groups.add(e, d) {
+                    spawn_detector(&mut tasks, &limit, &stage, group).await?;
                 }
-                let mut group = pending.remove(&key).expect("present");
-                group.sort_by_key(|(e, _)| e.exposure.0);
-                let permit = limit.clone().acquire_owned().await?;
-                let stage = stage.clone();
-                tasks.spawn(async move {
-                    let r = process_detector(&stage, &group).await;
-                    // Acknowledged only once the outcome is published.
-                    if r.is_ok() {
-                        for (_, d) in group {
-                            d.ack();
-                        }
-                    }
-                    drop(permit);
-                    r
-                });
             }
             Some(r) = tasks.join_next() => {
                 last_activity = tokio::time::Instant::now();
@@ -245,7 +225,7 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
         totals.done,
         totals.failed,
         totals.alerts,
-        pending.len()
+        groups.incomplete()
     );
     if let Some(s) = server {
         s.task.abort();
@@ -261,10 +241,7 @@ async fn serve(args: ProcessArgs, config: &AppConfig) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "kafka")]
-type TaskResult = Result<
-    anyhow::Result<Result<super::detector::DetectorOutcome, apflow_core::events::DeadLetter>>,
-    tokio::task::JoinError,
->;
+type TaskResult = Result<super::detector::DetectorTask, tokio::task::JoinError>;
 
 #[cfg(feature = "kafka")]
 impl Totals {

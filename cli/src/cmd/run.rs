@@ -25,7 +25,7 @@ use apflow_alert_dist::producer::{DetectorReport, VisitTally};
 use apflow_alert_dist::registry::SchemaRegistry;
 use apflow_alert_dist::schema::SCHEMA_ID;
 use apflow_apdb::AnyApdb;
-use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
+use apflow_core::bus::{Bus, EventConsumer, EventPublisher, Topics};
 use apflow_core::events::{DeadLetter, RawImageReady};
 use apflow_core::ids::{DetectorId, VisitId};
 use apflow_core::telemetry::http;
@@ -45,7 +45,7 @@ use super::camera::{
 };
 #[cfg(feature = "kafka")]
 use super::detector::alert_producer;
-use super::detector::{DetectorOutcome, Stage, VisitContexts, process_detector};
+use super::detector::{DetectorOutcome, SnapGroups, Stage, VisitContexts, spawn_detector};
 use super::simulate::{NightArgs, progress_bar};
 use crate::config::AppConfig;
 
@@ -252,7 +252,7 @@ async fn process(
 ) -> anyhow::Result<Processed> {
     let mut raw =
         EventConsumer::<RawImageReady>::subscribe(&stage.publisher, "process", "process").await?;
-    let mut pending: HashMap<(u64, u16), Vec<(RawImageReady, Delivery)>> = HashMap::new();
+    let mut groups = SnapGroups::new(snaps);
     let limit = Arc::new(Semaphore::new(workers));
     let mut tasks = tokio::task::JoinSet::new();
     let mut out = Processed::new(per_visit);
@@ -263,27 +263,9 @@ async fn process(
         tokio::select! {
             r = raw.next() => {
                 let (e, d) = r?;
-                let key = (e.visit.0, e.detector.0);
-                let group = pending.entry(key).or_default();
-                group.push((e, d));
-                if group.len() < snaps {
-                    continue;
+                if let Some(group) = groups.add(e, d) {
+                    spawn_detector(&mut tasks, &limit, &stage, group).await?;
                 }
-                let mut group = pending.remove(&key).expect("present");
-                group.sort_by_key(|(e, _)| e.exposure.0);
-                let permit = limit.clone().acquire_owned().await?;
-                let stage = stage.clone();
-                tasks.spawn(async move {
-                    let r = process_detector(&stage, &group).await;
-                    // Acknowledged only once the outcome is published.
-                    if r.is_ok() {
-                        for (_, d) in group {
-                            d.ack();
-                        }
-                    }
-                    drop(permit);
-                    r
-                });
             }
             Some(r) = tasks.join_next() => {
                 bar.inc(1);
