@@ -212,10 +212,22 @@ impl VisitTally {
     /// A detector whose alerts are all published (sent now or by an earlier run).
     /// A detector reported twice counts once; success replaces an earlier failure.
     pub fn done(&mut self, detector: DetectorId, report: &DetectorReport) {
+        self.delivered(detector, report.sent, report.skipped, &report.latencies_s);
+    }
+
+    /// [`Self::done`] from a detector's `DetectorProcessed`: `sent` alerts now (their
+    /// latencies) and `already_sent` by an earlier run.
+    pub fn delivered(
+        &mut self,
+        detector: DetectorId,
+        sent: u32,
+        already_sent: u32,
+        latencies_s: &[f64],
+    ) {
         self.failed.remove(&detector);
         if self.done.insert(detector) {
-            self.alerts += u64::from(report.sent) + u64::from(report.skipped);
-            self.latencies_s.extend_from_slice(&report.latencies_s);
+            self.alerts += u64::from(sent) + u64::from(already_sent);
+            self.latencies_s.extend_from_slice(latencies_s);
         }
     }
 

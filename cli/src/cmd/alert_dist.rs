@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apflow_alert_dist::producer::{DetectorReport, VisitTally};
+use apflow_alert_dist::producer::VisitTally;
 use apflow_alert_dist::registry::SchemaRegistry;
 use apflow_alert_dist::schema::SCHEMA_ID;
 use apflow_core::bus::{Bus, Delivery, EventConsumer, EventPublisher, Topics};
@@ -215,14 +215,11 @@ impl<T> Visits<T> {
 /// Counts one detector's outcome in its visit's tally.
 fn count(tally: &mut VisitTally, e: &DetectorProcessed) {
     match &e.status {
-        DetectorStatus::Ok => tally.done(
+        DetectorStatus::Ok => tally.delivered(
             e.detector,
-            &DetectorReport {
-                sent: e.delivered.sent,
-                skipped: e.delivered.already_sent,
-                bytes: 0,
-                latencies_s: e.delivered.latencies_s.clone(),
-            },
+            e.delivered.sent,
+            e.delivered.already_sent,
+            &e.delivered.latencies_s,
         ),
         DetectorStatus::Failed { .. } => tally.failed(e.detector),
     }
