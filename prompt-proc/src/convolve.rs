@@ -264,10 +264,13 @@ fn scatter_block(
     let mut u0 = 0;
     while u0 < nxc {
         let nu = U_TILE.min(nxc - u0);
-        for r in 0..nb {
-            let src = &block[r * nxc + u0..r * nxc + u0 + nu];
-            for (k, &v) in src.iter().enumerate() {
-                out[(u0 + k) * ny + y0 + r] = v;
+        // Column-major inner loop: each column's run of `nb` values is written
+        // contiguously into the (large, memory-resident) spectrum; the strided reads come
+        // from the block, which is in cache.
+        for k in 0..nu {
+            let dst = &mut out[(u0 + k) * ny + y0..(u0 + k) * ny + y0 + nb];
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = block[r * nxc + u0 + k];
             }
         }
         u0 += nu;
@@ -285,10 +288,12 @@ fn gather_block(
     let mut u0 = 0;
     while u0 < nxc {
         let nu = U_TILE.min(nxc - u0);
-        for r in 0..nb {
-            let dst = &mut block[r * nxc + u0..r * nxc + u0 + nu];
-            for (k, d) in dst.iter_mut().enumerate() {
-                *d = spec[(u0 + k) * ny + y0 + r];
+        // Contiguous reads of each column's run from the spectrum, strided writes into
+        // the cached block.
+        for k in 0..nu {
+            let src = &spec[(u0 + k) * ny + y0..(u0 + k) * ny + y0 + nb];
+            for (r, &v) in src.iter().enumerate() {
+                block[r * nxc + u0 + k] = v;
             }
         }
         u0 += nu;

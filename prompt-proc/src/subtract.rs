@@ -678,19 +678,38 @@ fn clip(values: &[f64], nsig: f64, two_sided: bool, floor: f64) -> Vec<bool> {
 
 /// Mean of the variance plane over pixels with data.
 fn mean_variance(img: &MaskedImage) -> f64 {
-    // Eight independent partial sums (the add chain, not memory, bounds one long sum).
+    // Eight independent partial sums in fixed-length chunks, so the loop is branch-free
+    // and vectorised (one long f64 sum is bound by its add chain).
     const L: usize = 8;
-    let (mut s, mut n) = ([0.0f64; L], [0usize; L]);
     let (var, msk, img) = (img.variance.data(), img.mask.data(), img.image.data());
-    for ((v, m), p) in var.chunks(L).zip(msk.chunks(L)).zip(img.chunks(L)) {
-        for k in 0..v.len() {
-            let ok =
-                v[k].is_finite() && v[k] > 0.0 && p[k].is_finite() && m[k] & mask::NO_DATA == 0;
+    let usable = |v: f32, m: u32, p: f32| {
+        v.is_finite() && v > 0.0 && p.is_finite() && m & mask::NO_DATA == 0
+    };
+    let (mut s, mut n) = ([0.0f64; L], [0u64; L]);
+    let (vc, mc, pc) = (
+        var.chunks_exact(L),
+        msk.chunks_exact(L),
+        img.chunks_exact(L),
+    );
+    let tail = vc
+        .remainder()
+        .iter()
+        .zip(mc.remainder())
+        .zip(pc.remainder());
+    for ((v, m), p) in vc.zip(mc).zip(pc) {
+        for k in 0..L {
+            let ok = usable(v[k], m[k], p[k]);
             s[k] += if ok { f64::from(v[k]) } else { 0.0 };
-            n[k] += usize::from(ok);
+            n[k] += u64::from(ok);
         }
     }
-    let (s, n) = (s.iter().sum::<f64>(), n.iter().sum::<usize>());
+    for ((&v, &m), &p) in tail {
+        if usable(v, m, p) {
+            s[0] += f64::from(v);
+            n[0] += 1;
+        }
+    }
+    let (s, n) = (s.iter().sum::<f64>(), n.iter().sum::<u64>());
     if n == 0 { 0.0 } else { s / n as f64 }
 }
 

@@ -232,16 +232,13 @@ fn lanczos_table() -> Vec<[f32; 8]> {
         .collect()
 }
 
-#[inline(always)]
-fn dot8(a: &[f32; 8], w: &[f32; 8]) -> f32 {
-    let mut s = [0f32; 8];
-    for k in 0..8 {
-        s[k] = a[k] * w[k];
-    }
-    (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]))
-}
-
 /// Lanczos-3 sample of a tile at (sx, sy) (inside): value × area, variance, mask.
+///
+/// Written for the SLP vectoriser: the six tile rows are combined eight lanes at a time
+/// (two SSE registers on baseline x86-64) and the column sums dotted with the x weights;
+/// the mask is one read of the tile's 6 × 6 window OR ([`window_or`]) except at the two
+/// extreme phases, where one tap of an axis has weight exactly 0 and the 36 pixels are
+/// ORed one by one so that tap is left out.
 #[inline(always)]
 fn sample(
     st: &TileState<'_>,
@@ -255,35 +252,196 @@ fn sample(
     let (ix, iy) = (sx as usize, sy as usize);
     let px = ((sx - ix as f64) * PHASES as f64 + 0.5) as usize;
     let py = ((sy - iy as f64) * PHASES as f64 + 0.5) as usize;
+    sample_at(st, table, sw2, (ix, px), (iy, py), area)
+}
+
+/// [`sample`] at tile pixel `ix` + `px / PHASES`, `iy` + `py / PHASES` (the window
+/// `ix − 2 ..= ix + 5`, `iy − 2 ..= iy + 3` inside the tile).
+#[inline(always)]
+fn sample_at(
+    st: &TileState<'_>,
+    table: &[[f32; 8]],
+    sw2: &[f32],
+    (ix, px): (usize, usize),
+    (iy, py): (usize, usize),
+    area: f32,
+) -> (f32, f32, u32) {
     let (wx, wy) = (&table[px], &table[py]);
     let img = st.tile.image.data();
-    let base = (iy - 2) * st.w + ix - 2;
-    let rows = &img[base..base + 5 * st.w + 8];
-    // Vertical pass first (8-wide column sums vectorise), then one dot with wx.
+    let w = st.w;
+    let base = (iy - 2) * w + ix - 2;
+    let rows = &img[base..base + 5 * w + 8];
+    let row = |r: usize| -> &[f32; 8] { rows[r * w..r * w + 8].try_into().expect("8 taps") };
+    let (r0, r1, r2, r3, r4, r5) = (row(0), row(1), row(2), row(3), row(4), row(5));
     let mut col = [0f32; 8];
-    for (r, &wyr) in wy.iter().take(6).enumerate() {
-        let o = r * st.w;
-        let a: &[f32; 8] = rows[o..o + 8].try_into().expect("8 taps");
-        for k in 0..8 {
-            col[k] += wyr * a[k];
+    for k in 0..8 {
+        col[k] = (r0[k] * wy[0] + r1[k] * wy[1])
+            + (r2[k] * wy[2] + r3[k] * wy[3])
+            + (r4[k] * wy[4] + r5[k] * wy[5]);
+    }
+    let mut s = [0f32; 8];
+    for k in 0..8 {
+        s[k] = col[k] * wx[k];
+    }
+    let acc = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    let near = (iy + usize::from(py > PHASES / 2)) * w + ix + usize::from(px > PHASES / 2);
+    let nvar = st.tile.variance.data()[near];
+    let m = match &st.window_mask {
+        None => 0,
+        Some(win) if px != 0 && px != PHASES && py != 0 && py != PHASES => win[base],
+        Some(_) => {
+            let md = st.tile.mask.data();
+            let mut m = 0u32;
+            for (r, &wyr) in wy.iter().take(6).enumerate() {
+                let o = base + r * w;
+                for (c, &wxc) in wx.iter().take(6).enumerate() {
+                    if wxc != 0.0 && wyr != 0.0 {
+                        m |= md[o + c];
+                    }
+                }
+            }
+            m
+        }
+    };
+    (acc * area, nvar * sw2[px] * sw2[py] * area * area, m)
+}
+
+/// The tiles that can serve cell (ci, cj) of the mapping grid: every tile with support
+/// near the cell, or only the nearest-centre one when it is nearest at all four corners
+/// (tiles are used far inside their overlap borders, so no other tile wins inside such a
+/// cell). A single candidate means every pixel of the cell samples that tile.
+fn plan_cell(
+    states: &[TileState<'_>],
+    ci: usize,
+    cj: usize,
+    step: usize,
+    width: usize,
+    height: usize,
+) -> Vec<Candidate> {
+    let sf = step as f64;
+    let (x0, y0) = (ci * step, cj * step);
+    let (x1, y1) = (((ci + 1) * step).min(width), ((cj + 1) * step).min(height));
+    let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)];
+    let mut cands = Vec::new();
+    // Nearest-centre tile at each corner (with support), to detect uniform cells.
+    let mut corner_best = [usize::MAX; 4];
+    let mut corner_d = [f64::INFINITY; 4];
+    for (k, st) in states.iter().enumerate() {
+        let m = 2.0 * sf;
+        let mut any = false;
+        for (q, &(x, y)) in corners.iter().enumerate() {
+            let (sx, sy) = st.map.eval(x as f64, y as f64);
+            any |= sx > -m && sy > -m && sx < st.w as f64 + m && sy < st.h as f64 + m;
+            if st.inside(sx, sy) {
+                let d = st.distance(sx, sy);
+                if d < corner_d[q] {
+                    corner_d[q] = d;
+                    corner_best[q] = k;
+                }
+            }
+        }
+        if any {
+            let coef = st.map.cell(ci, cj);
+            let jac = st
+                .map
+                .jacobian((x0 + x1) as f64 * 0.5, (y0 + y1) as f64 * 0.5);
+            let area = (jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]).abs() as f32;
+            cands.push((k, coef, area));
         }
     }
-    let acc = dot8(&col, wx);
-    let near = (iy + usize::from(py > PHASES / 2)) * st.w + ix + usize::from(px > PHASES / 2);
-    let nvar = st.tile.variance.data()[near];
-    let mut m = 0u32;
-    if st.has_mask {
-        let md = st.tile.mask.data();
-        for (r, &wyr) in wy.iter().take(6).enumerate() {
-            let o = base + r * st.w;
-            for (c, &wxc) in wx.iter().take(6).enumerate() {
-                if wxc != 0.0 && wyr != 0.0 {
-                    m |= md[o + c];
+    if corner_best[0] != usize::MAX && corner_best.iter().all(|&k| k == corner_best[0]) {
+        cands.retain(|c| c.0 == corner_best[0]);
+    }
+    cands
+}
+
+/// Fractional bits of the fixed-point positions of [`warp_row`].
+const FIX_BITS: u32 = 32;
+
+/// Samples one row segment that one tile serves: output pixel `i` maps to tile position
+/// `start + i step`. Positions advance in fixed point (32 fractional bits, so 64 steps
+/// drift by < 1e-8 px) and are rounded to the nearest of the [`PHASES`] sub-pixel phases
+/// there, which saves the float → integer conversions of [`sample`]; a phase that rounds
+/// up to a whole pixel is phase 0 of the next pixel, the same weights on the same tile
+/// pixels. Pixels whose window leaves the tile are left as they are. Returns the number
+/// of pixels written.
+#[allow(clippy::too_many_arguments)]
+fn warp_row(
+    st: &TileState<'_>,
+    table: &[[f32; 8]],
+    sw2: &[f32],
+    start: (f64, f64),
+    step: (f64, f64),
+    area: f32,
+    image: &mut [f32],
+    variance: &mut [f32],
+    mask: &mut [u32],
+) -> usize {
+    let one = (1u64 << FIX_BITS) as f64;
+    // Positions far outside any tile cannot be sampled (and must not overflow).
+    let lim = 1.0e9;
+    if !(start.0.abs() < lim && start.1.abs() < lim && step.0.abs() < 1e3 && step.1.abs() < 1e3) {
+        return 0;
+    }
+    let (mut qx, mut qy) = ((start.0 * one) as i64, (start.1 * one) as i64);
+    let (dx, dy) = ((step.0 * one) as i64, (step.1 * one) as i64);
+    // Rounding to the nearest phase: add half a phase, drop the bits below a phase.
+    let shift = FIX_BITS - PHASES.trailing_zeros();
+    let half = 1i64 << (shift - 1);
+    let (xmax, ymax) = (st.w as i64 - 6, st.h as i64 - 4);
+    let mut written = 0;
+    for ((o, v), m) in image
+        .iter_mut()
+        .zip(variance.iter_mut())
+        .zip(mask.iter_mut())
+    {
+        let (px, py) = ((qx + half) >> shift, (qy + half) >> shift);
+        qx += dx;
+        qy += dy;
+        let (ix, iy) = (px >> PHASES.trailing_zeros(), py >> PHASES.trailing_zeros());
+        if ix < 2 || iy < 2 || ix >= xmax || iy >= ymax {
+            continue;
+        }
+        let mask_phase = PHASES as i64 - 1;
+        (*o, *v, *m) = sample_at(
+            st,
+            table,
+            sw2,
+            (ix as usize, (px & mask_phase) as usize),
+            (iy as usize, (py & mask_phase) as usize),
+            area,
+        );
+        written += 1;
+    }
+    written
+}
+
+/// The OR of every 6 × 6 window of `mask`: element `y w + x` holds the OR over rows
+/// `y..y + 6` and columns `x..x + 6` (clipped at the edges), so a sample whose window
+/// starts at `(ix − 2, iy − 2)` reads its mask in one place.
+fn window_or(mask: &Image<u32>) -> Vec<u32> {
+    let (w, h) = mask.dims();
+    let md = mask.data();
+    let mut across = vec![0u32; w * h];
+    for (src, dst) in md.chunks_exact(w).zip(across.chunks_exact_mut(w)) {
+        for d in 0..6 {
+            if d < w {
+                for (o, &v) in dst[..w - d].iter_mut().zip(&src[d..]) {
+                    *o |= v;
                 }
             }
         }
     }
-    (acc * area, nvar * sw2[px] * sw2[py] * area * area, m)
+    let mut out = vec![0u32; w * h];
+    for y in 0..h {
+        let dst = &mut out[y * w..(y + 1) * w];
+        for r in y..(y + 6).min(h) {
+            for (o, &v) in dst.iter_mut().zip(&across[r * w..(r + 1) * w]) {
+                *o |= v;
+            }
+        }
+    }
+    out
 }
 
 /// Per-tile data for the warp.
@@ -293,7 +451,8 @@ struct TileState<'a> {
     w: usize,
     h: usize,
     centre: (f64, f64),
-    has_mask: bool,
+    /// [`window_or`] of the tile's mask, when any pixel of it is set.
+    window_mask: Option<Vec<u32>>,
 }
 
 impl TileState<'_> {
@@ -336,7 +495,12 @@ pub fn warp_template(
                 w,
                 h,
                 centre: (0.5 * (w as f64 - 1.0), 0.5 * (h as f64 - 1.0)),
-                has_mask: t.mask.data().iter().any(|&m| m != 0),
+                window_mask: t
+                    .mask
+                    .data()
+                    .iter()
+                    .any(|&m| m != 0)
+                    .then(|| window_or(&t.mask)),
             }
         })
         .collect();
@@ -347,107 +511,71 @@ pub fn warp_template(
         .collect();
     let mut out = MaskedImage::new(width, height);
     out.mask.data_mut().fill(mask::NO_DATA);
-    let mut covered = 0usize;
     let (ncx, ncy) = (width.div_ceil(step), height.div_ceil(step));
     let sf = step as f64;
-    // Per candidate tile of a cell: (tile, bilinear coefficients, |det J|).
-    let mut cands: Vec<Candidate> = Vec::new();
+    let mut covered = 0usize;
+    // Cells are sampled in bands of GROUP cells along x, row by row within a band: each
+    // tile row is then read in runs of GROUP × 64 pixels, long enough for the hardware
+    // prefetcher, while the six rows of the window stay in L1 (whole detector rows
+    // do not fit, single cells are too short).
+    const GROUP: usize = 8;
     for cj in 0..ncy {
-        for ci in 0..ncx {
-            let (x0, y0) = (ci * step, cj * step);
-            let (x1, y1) = (((ci + 1) * step).min(width), ((cj + 1) * step).min(height));
-            cands.clear();
-            let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)];
-            // Nearest-centre tile at each corner (with support), to detect uniform cells.
-            let mut corner_best = [usize::MAX; 4];
-            let mut corner_d = [f64::INFINITY; 4];
-            for (k, st) in states.iter().enumerate() {
-                let m = 2.0 * sf;
-                let mut any = false;
-                for (q, &(x, y)) in corners.iter().enumerate() {
-                    let (sx, sy) = st.map.eval(x as f64, y as f64);
-                    any |= sx > -m && sy > -m && sx < st.w as f64 + m && sy < st.h as f64 + m;
-                    if st.inside(sx, sy) {
-                        let d = st.distance(sx, sy);
-                        if d < corner_d[q] {
-                            corner_d[q] = d;
-                            corner_best[q] = k;
-                        }
-                    }
-                }
-                if any {
-                    let coef = st.map.cell(ci, cj);
-                    let jac = st
-                        .map
-                        .jacobian((x0 + x1) as f64 * 0.5, (y0 + y1) as f64 * 0.5);
-                    let area = (jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]).abs() as f32;
-                    cands.push((k, coef, area));
-                }
-            }
-            if cands.is_empty() {
-                continue;
-            }
-            // One tile for the whole cell when all four corners choose it (tiles are
-            // used far inside their overlap borders, so no other tile wins inside).
-            let uniform =
-                corner_best[0] != usize::MAX && corner_best.iter().all(|&k| k == corner_best[0]);
-            if uniform {
-                cands.retain(|c| c.0 == corner_best[0]);
-            }
-            if uniform && cands.len() == 1 {
-                // Fast path: one tile, positions advance linearly along each row.
-                let (k, [a, b, cc, d], area) = cands[0];
-                let st = &states[k];
-                for y in y0..y1 {
-                    let v = y as f64 / sf - cj as f64;
-                    let u0 = x0 as f64 / sf - ci as f64;
-                    let (dxu, dyu) = ((b.0 + d.0 * v) / sf, (b.1 + d.1 * v) / sf);
-                    let sx0 = a.0 + cc.0 * v + (b.0 + d.0 * v) * u0;
-                    let sy0 = a.1 + cc.1 * v + (b.1 + d.1 * v) * u0;
-                    let row0 = y * width;
-                    for (i, x) in (x0..x1).enumerate() {
-                        let (sx, sy) = (sx0 + dxu * i as f64, sy0 + dyu * i as f64);
-                        if !st.inside(sx, sy) {
-                            continue;
-                        }
-                        let (val, var, m) = sample(st, &table, &sw2, sx, sy, area);
-                        let idx = row0 + x;
-                        out.image.data_mut()[idx] = val;
-                        out.variance.data_mut()[idx] = var;
-                        out.mask.data_mut()[idx] = m;
-                        covered += 1;
-                    }
-                }
-                continue;
-            }
+        let (y0, y1) = (cj * step, ((cj + 1) * step).min(height));
+        for g0 in (0..ncx).step_by(GROUP) {
+            let plans: Vec<Vec<Candidate>> = (g0..(g0 + GROUP).min(ncx))
+                .map(|ci| plan_cell(&states, ci, cj, step, width, height))
+                .collect();
             for y in y0..y1 {
                 let v = y as f64 / sf - cj as f64;
-                for x in x0..x1 {
-                    let u = x as f64 / sf - ci as f64;
-                    // Choose the tile with the nearest centre among those with support.
-                    let mut best: Option<(usize, f64, f64, f64)> = None;
-                    for (c, &(k, coef, _)) in cands.iter().enumerate() {
-                        let [a, b, cc, d] = coef;
-                        let sx = a.0 + b.0 * u + cc.0 * v + d.0 * u * v;
-                        let sy = a.1 + b.1 * u + cc.1 * v + d.1 * u * v;
-                        let st = &states[k];
-                        if st.inside(sx, sy) {
-                            let dist = st.distance(sx, sy);
-                            if best.is_none_or(|b| dist < b.3) {
-                                best = Some((c, sx, sy, dist));
+                let row = y * width..(y + 1) * width;
+                let image = &mut out.image.data_mut()[row.clone()];
+                let variance = &mut out.variance.data_mut()[row.clone()];
+                let maskr = &mut out.mask.data_mut()[row];
+                for (ci, cands) in (g0..).zip(&plans) {
+                    let (x0, x1) = (ci * step, ((ci + 1) * step).min(width));
+                    if let [(k, [a, b, cc, d], area)] = cands.as_slice() {
+                        // One tile: positions advance linearly along the segment.
+                        let u0 = x0 as f64 / sf - ci as f64;
+                        let (dxu, dyu) = ((b.0 + d.0 * v) / sf, (b.1 + d.1 * v) / sf);
+                        let sx0 = a.0 + cc.0 * v + (b.0 + d.0 * v) * u0;
+                        let sy0 = a.1 + cc.1 * v + (b.1 + d.1 * v) * u0;
+                        covered += warp_row(
+                            &states[*k],
+                            &table,
+                            &sw2,
+                            (sx0, sy0),
+                            (dxu, dyu),
+                            *area,
+                            &mut image[x0..x1],
+                            &mut variance[x0..x1],
+                            &mut maskr[x0..x1],
+                        );
+                        continue;
+                    }
+                    for x in x0..x1 {
+                        let u = x as f64 / sf - ci as f64;
+                        // The tile with the nearest centre among those with support.
+                        let mut best: Option<(usize, f64, f64, f64)> = None;
+                        for (c, &(k, coef, _)) in cands.iter().enumerate() {
+                            let [a, b, cc, d] = coef;
+                            let sx = a.0 + b.0 * u + cc.0 * v + d.0 * u * v;
+                            let sy = a.1 + b.1 * u + cc.1 * v + d.1 * u * v;
+                            let st = &states[k];
+                            if st.inside(sx, sy) {
+                                let dist = st.distance(sx, sy);
+                                if best.is_none_or(|b| dist < b.3) {
+                                    best = Some((c, sx, sy, dist));
+                                }
                             }
                         }
+                        let Some((c, sx, sy, _)) = best else {
+                            continue;
+                        };
+                        let (k, _, area) = cands[c];
+                        (image[x], variance[x], maskr[x]) =
+                            sample(&states[k], &table, &sw2, sx, sy, area);
+                        covered += 1;
                     }
-                    let Some((c, sx, sy, _)) = best else {
-                        continue;
-                    };
-                    let (k, _, area) = cands[c];
-                    let (val, var, m) = sample(&states[k], &table, &sw2, sx, sy, area);
-                    let idx = y * width + x;
-                    out.image.data_mut()[idx] = val;
-                    out.variance.data_mut()[idx] = var;
-                    out.mask.data_mut()[idx] = m;
-                    covered += 1;
                 }
             }
         }
