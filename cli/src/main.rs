@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 
 use crate::config::AppConfig;
 
+/// mimalloc keeps freed image-sized blocks (a 4096² plane is 64 MB) mapped for the next
+/// stage instead of returning them to the kernel, so the science core does not pay a
+/// page fault per 4 KB on every fresh image (see `docs/BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// apflow — prompt processing and alert distribution for wide-field time-domain surveys.
 ///
 /// Configuration comes from embedded defaults, then `--config FILE`, then
