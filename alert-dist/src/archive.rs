@@ -178,6 +178,7 @@ struct NightFile {
     /// The spool file holds blocks the store's object does not (S3 only).
     dirty: bool,
     /// When the night's object was last uploaded (S3 only).
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     uploaded: Option<Instant>,
 }
 

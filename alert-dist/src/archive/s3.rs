@@ -263,11 +263,13 @@ impl S3Store {
                 if n == 0 {
                     break;
                 }
-                w.wait_for_capacity(2)
-                    .await
-                    .map_err(|e| store_err(&rel, e))?;
+                if let Err(e) = w.wait_for_capacity(2).await {
+                    let _ = w.abort().await;
+                    return Err(store_err(&rel, e));
+                }
                 w.write(&buf[..n]);
             }
+            // A failed completion is aborted by `finish` itself.
             w.finish().await.map(drop).map_err(|e| store_err(&rel, e))
         })
     }

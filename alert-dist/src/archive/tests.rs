@@ -288,27 +288,6 @@ async fn http_get(authority: &str, path: &str) -> (u16, String, Vec<u8>) {
     (status, ct, body)
 }
 
-/// A request without a body: (status, body).
-async fn http_request(method: &str, authority: &str, path: &str) -> (u16, Vec<u8>) {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::TokioIo;
-    let stream = tokio::net::TcpStream::connect(authority).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, authority)
-        .body(Empty::<hyper::body::Bytes>::new())
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
-    (status, body)
-}
-
 #[test]
 fn archive_locations_parse_from_paths_and_urls() {
     let p = |s: &str| ArchiveLocation::parse(s).unwrap();

@@ -307,3 +307,24 @@ async fn s3_the_http_api_serves_alerts_and_schemas_from_the_store() {
     let missing = format!("/v1/alerts/{}", id(20261122, 9, 9, 9));
     assert_eq!(http_get(&authority, &missing).await.0, 404);
 }
+
+/// A request without a body: (status, body).
+async fn http_request(method: &str, authority: &str, path: &str) -> (u16, Vec<u8>) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, authority)
+        .body(Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, body)
+}
