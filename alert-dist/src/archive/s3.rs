@@ -21,6 +21,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use super::{ArchiveError, S3Options, io_err};
+use crate::metrics;
 
 /// Requests in flight at once for a batch (HEADs of the duplicate check, alert PUTs).
 const CONCURRENCY: usize = 16;
@@ -101,21 +102,35 @@ impl S3Store {
         }
     }
 
-    /// Runs `f` on the store's runtime and waits for it.
+    /// Runs `f`, the operation `op` (one of [`metrics::ARCHIVE_STORE_OPS`]), on the
+    /// store's runtime and waits for it; its time and failure are counted here.
     fn block<T: Send + 'static>(
         &self,
+        op: &'static str,
         f: impl Future<Output = Result<T, ArchiveError>> + Send + 'static,
     ) -> Result<T, ArchiveError> {
         let Some(rt) = &self.rt else {
             return Err(store_err(&self.url, std::io::Error::other("store closed")));
         };
-        futures::executor::block_on(rt.spawn(f)).map_err(|e| store_err(&self.url, e))?
+        let timer = metrics::ARCHIVE_STORE_SECONDS
+            .with_label_values(&[op])
+            .start_timer();
+        let r = futures::executor::block_on(rt.spawn(f))
+            .map_err(|e| store_err(&self.url, e))
+            .and_then(|r| r);
+        timer.observe_duration();
+        if r.is_err() {
+            metrics::ARCHIVE_STORE_ERRORS_TOTAL
+                .with_label_values(&[op])
+                .inc();
+        }
+        r
     }
 
     /// The object `rel`, or `None` if there is none.
     pub(super) fn get(&self, rel: &str) -> Result<Option<Bytes>, ArchiveError> {
         let (store, key, rel) = (self.store.clone(), self.key(rel), rel.to_owned());
-        self.block(async move {
+        self.block("get", async move {
             match store.get(&key).await {
                 Ok(r) => r.bytes().await.map(Some).map_err(|e| store_err(&rel, e)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -127,7 +142,7 @@ impl S3Store {
     /// Writes (or overwrites) the object `rel`.
     pub(super) fn put(&self, rel: &str, bytes: Bytes) -> Result<(), ArchiveError> {
         let (store, key, rel) = (self.store.clone(), self.key(rel), rel.to_owned());
-        self.block(async move {
+        self.block("put", async move {
             store
                 .put(&key, PutPayload::from(bytes))
                 .await
@@ -140,7 +155,7 @@ impl S3Store {
     pub(super) fn exist(&self, rels: Vec<String>) -> Result<Vec<bool>, ArchiveError> {
         let keys: Vec<(Key, String)> = rels.into_iter().map(|r| (self.key(&r), r)).collect();
         let store = self.store.clone();
-        self.block(async move {
+        self.block("exist", async move {
             futures::stream::iter(keys)
                 .map(|(key, rel)| {
                     let store = store.clone();
@@ -169,7 +184,7 @@ impl S3Store {
             .collect();
         let store = self.store.clone();
         let conditional = !self.no_create.load(Ordering::Relaxed);
-        let (created, refused) = self.block(async move {
+        let (created, refused) = self.block("create", async move {
             let refused = Arc::new(AtomicBool::new(!conditional));
             let created = futures::stream::iter(objects)
                 .map(|(key, rel, bytes)| {
@@ -215,7 +230,7 @@ impl S3Store {
     /// The names (last path segment) of the objects under `rel/`.
     pub(super) fn list(&self, rel: &str) -> Result<Vec<String>, ArchiveError> {
         let (store, key, rel) = (self.store.clone(), self.key(rel), rel.to_owned());
-        self.block(async move {
+        self.block("list", async move {
             store
                 .list(Some(&key))
                 .map_ok(|m| m.location.filename().unwrap_or_default().to_owned())
@@ -228,7 +243,7 @@ impl S3Store {
     /// The size of the object `rel`, if it exists.
     pub(super) fn size(&self, rel: &str) -> Result<Option<u64>, ArchiveError> {
         let (store, key, rel) = (self.store.clone(), self.key(rel), rel.to_owned());
-        self.block(async move {
+        self.block("size", async move {
             match store.head(&key).await {
                 Ok(m) => Ok(Some(m.size)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -243,7 +258,7 @@ impl S3Store {
     pub(super) fn upload(&self, rel: &str, path: &Path) -> Result<(), ArchiveError> {
         let (store, key, rel) = (self.store.clone(), self.key(rel), rel.to_owned());
         let path = path.to_owned();
-        self.block(async move {
+        self.block("upload", async move {
             let mut file = std::fs::File::open(&path).map_err(io_err(&path))?;
             let upload = store
                 .put_multipart(&key)
@@ -279,7 +294,7 @@ impl S3Store {
     pub(super) fn download(&self, rel: &str, path: &Path) -> Result<bool, ArchiveError> {
         let (store, key, rel) = (self.store.clone(), self.key(rel), rel.to_owned());
         let path: PathBuf = path.to_owned();
-        self.block(async move {
+        self.block("download", async move {
             let r = match store.get(&key).await {
                 Ok(r) => r,
                 Err(object_store::Error::NotFound { .. }) => return Ok(false),

@@ -256,7 +256,15 @@ fn s3_with_an_upload_interval_the_night_object_is_a_prefix_until_flushed() {
     for x in &all {
         assert_eq!(a.get_alert(x.dia_source_id).unwrap(), x.framed);
     }
+    let uploads = || {
+        metrics::ARCHIVE_STORE_SECONDS
+            .with_label_values(&["upload"])
+            .get_sample_count()
+    };
+    let before = uploads();
     a.flush().unwrap();
+    // One upload per night at least (other tests may upload meanwhile).
+    assert!(uploads() >= before + 2);
     for night in [20261121, 20261122] {
         let ids: BTreeSet<i64> = night_ids(&a, night).into_iter().collect();
         assert_eq!(ids, ids_of(night, &all), "night {night} after the flush");
