@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 
 use apflow_core::telemetry::metrics::LATENCY_BUCKETS;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, register_histogram,
-    register_int_counter, register_int_counter_vec,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, register_histogram,
+    register_histogram_vec, register_int_counter, register_int_counter_vec,
 };
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -76,6 +76,37 @@ pub static ARCHIVED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
         "apflow_alerts_archived_total",
         "Alerts written to the alert archive.",
     )
+});
+/// The operations of the archive's object store (an S3 archive), as the label `op`
+/// takes them: `get`, `put` (a schema), `exist` (a batch's HEADs), `create` (a
+/// batch's alert objects), `list`, `size` (a night's HEAD), `upload` and `download`
+/// (a nightly file).
+pub const ARCHIVE_STORE_OPS: [&str; 8] = [
+    "get", "put", "exist", "create", "list", "size", "upload", "download",
+];
+/// Time of the archive's object-store calls (one per batch-level operation, which may
+/// be many requests), by `op`.
+pub static ARCHIVE_STORE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "apflow_archive_store_seconds",
+        "Time of the alert archive's object-store calls (S3), seconds, by operation.",
+        &["op"],
+        vec![
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0
+        ]
+    )
+    .expect("metric names are unique")
+});
+/// Failed object-store calls of the archive, by `op`.
+pub static ARCHIVE_STORE_ERRORS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        Opts::new(
+            "apflow_archive_store_errors_total",
+            "Failed object-store calls (S3) of the alert archive, by operation."
+        ),
+        &["op"]
+    )
+    .expect("metric names are unique")
 });
 
 /// Alerts that matched a filter, per filter name (before the quota).
@@ -171,6 +202,10 @@ pub fn register() {
     LazyLock::force(&LATENCY_SINCE_SHUTTER_CLOSE_SECONDS);
     LazyLock::force(&LATENCY_SINCE_READOUT_END_SECONDS);
     LazyLock::force(&ARCHIVED_TOTAL);
+    for op in ARCHIVE_STORE_OPS {
+        ARCHIVE_STORE_SECONDS.with_label_values(&[op]);
+        ARCHIVE_STORE_ERRORS_TOTAL.with_label_values(&[op]);
+    }
     LazyLock::force(&FILTER_CONSUMED_TOTAL);
     LazyLock::force(&FILTER_BAD_MESSAGES_TOTAL);
     for outcome in ["ok", "refused"] {

@@ -193,6 +193,11 @@ def main():
     check_render(chart, {"strimzi": {"enabled": False}, "scylla": {"enabled": False},
                          "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
                  "without operators", k8s)
+    s3 = check_render(chart, {"archive": {"url": "s3://alerts/lsst?upload_interval=30s",
+                                          "s3": {"existingSecret": "apflow-archive-s3"},
+                                          "storage": {"existingClaim": ""}}},
+                      "with an S3 archive", k8s)
+    check_stages([d for _, d in documents(s3) if d["kind"] == "Deployment"], args.apflow)
     docs = [d for _, d in documents(rendered)]
     check_stages(docs, args.apflow)
     check_alert_topics(docs)

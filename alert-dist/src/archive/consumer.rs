@@ -101,6 +101,11 @@ pub async fn archive_from_bus(
             }
         }
         if deliveries.is_empty() {
+            // Idle: upload the nights written since their last upload (S3).
+            let a = archive.clone();
+            tokio::task::spawn_blocking(move || a.flush())
+                .await
+                .map_err(consume_err)??;
             if options
                 .idle_exit
                 .is_some_and(|d| last_message.elapsed() >= d)
@@ -121,6 +126,10 @@ pub async fn archive_from_bus(
         }
         sub.commit().await.map_err(consume_err)?;
     }
+    let a = archive.clone();
+    tokio::task::spawn_blocking(move || a.flush())
+        .await
+        .map_err(consume_err)??;
     sub.close(Duration::from_secs(10)).await;
     Ok(written)
 }

@@ -8,6 +8,9 @@ use super::*;
 use crate::registry::tests::SMALL_SCHEMA;
 use crate::wire::{frame_into, put_bytes, put_long};
 
+#[cfg(feature = "s3")]
+mod s3;
+
 const SCHEMA_ID: u32 = 1100;
 
 fn id(day_obs: u32, seq: u32, detector: u16, counter: u32) -> i64 {
@@ -283,4 +286,64 @@ async fn http_get(authority: &str, path: &str) -> (u16, String, Vec<u8>) {
         .to_owned();
     let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
     (status, ct, body)
+}
+
+#[test]
+fn archive_locations_parse_from_paths_and_urls() {
+    let p = |s: &str| ArchiveLocation::parse(s).unwrap();
+    assert_eq!(
+        p("/data/archive"),
+        ArchiveLocation::Dir("/data/archive".into())
+    );
+    assert_eq!(p("out/archive"), ArchiveLocation::Dir("out/archive".into()));
+    assert_eq!(p("file:///data/a"), ArchiveLocation::Dir("/data/a".into()));
+    let ArchiveLocation::S3(o) = p("s3://alerts") else {
+        panic!("s3")
+    };
+    assert_eq!(o, S3Options::new("alerts", ""));
+    assert_eq!(o.url(), "s3://alerts");
+    let ArchiveLocation::S3(o) = p(
+        "s3://alerts/lsst/v11/?endpoint=http://127.0.0.1:9000&allow_http=true&region=us-east-1\
+         &spool=/var/spool/a&upload_interval=30s",
+    ) else {
+        panic!("s3")
+    };
+    assert_eq!(
+        (o.bucket.as_str(), o.prefix.as_str(), o.url().as_str()),
+        ("alerts", "lsst/v11", "s3://alerts/lsst/v11")
+    );
+    assert_eq!(o.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert_eq!(o.region.as_deref(), Some("us-east-1"));
+    assert!(o.allow_http);
+    assert_eq!(o.spool_dir(), PathBuf::from("/var/spool/a"));
+    assert_eq!(o.upload_interval, std::time::Duration::from_secs(30));
+    assert!(
+        S3Options::new("b", "x/y")
+            .spool_dir()
+            .ends_with("apflow-archive-spool/b/x/y")
+    );
+    for bad in [
+        "",
+        "s3://",
+        "s3:///prefix",
+        "gs://bucket",
+        "file://",
+        "s3://b?nokey",
+        "s3://b?colour=red",
+        "s3://b?allow_http=maybe",
+        "s3://b?upload_interval=soon",
+    ] {
+        let e = ArchiveLocation::parse(bad).unwrap_err();
+        assert!(matches!(e, ArchiveError::Location { .. }), "{bad}: {e}");
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+#[test]
+fn an_s3_location_without_the_s3_feature_is_an_error_naming_it() {
+    let e = ArchiveLocation::parse("s3://alerts/x")
+        .unwrap()
+        .open()
+        .unwrap_err();
+    assert!(e.to_string().contains("`s3` feature"), "{e}");
 }

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use apflow_alert_dist::archive::ArchiveLocation;
 use apflow_alert_dist::fits::{self, FitsImage};
 use apflow_alert_dist::packet::{cutouts_of, decode_framed, read_packet_bytes, to_json};
 use apflow_alert_dist::thumb::{asinh_grey, zscale};
@@ -31,9 +32,10 @@ pub struct ShowArgs {
     /// (`<diaSourceId>_<cutout>.png`).
     #[arg(long, value_name = "DIR")]
     pub png: Option<PathBuf>,
-    /// The alert archive to look a diaSourceId up in.
-    #[arg(long, value_name = "DIR", env = "APFLOW_ARCHIVE_DIR")]
-    pub archive: Option<PathBuf>,
+    /// The alert archive to look a diaSourceId up in: a directory, or
+    /// `s3://bucket/prefix` (feature `s3`).
+    #[arg(long, value_name = "DIR|URL", env = "APFLOW_ARCHIVE_DIR")]
+    pub archive: Option<ArchiveLocation>,
 }
 
 /// What `alert show` was asked for.
@@ -61,7 +63,7 @@ impl AlertRef {
 }
 
 /// The framed bytes of an alert (gzip undone); an id is looked up in `archive`.
-pub fn load(r: &AlertRef, archive: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+pub fn load(r: &AlertRef, archive: Option<&ArchiveLocation>) -> anyhow::Result<Vec<u8>> {
     match r {
         AlertRef::File(p) => {
             let raw = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -85,7 +87,7 @@ pub fn run(cmd: AlertCommand) -> anyhow::Result<()> {
 }
 
 fn show(a: &ShowArgs) -> anyhow::Result<()> {
-    let bytes = load(&AlertRef::parse(&a.target), a.archive.as_deref())?;
+    let bytes = load(&AlertRef::parse(&a.target), a.archive.as_ref())?;
     let alert = decode_framed(&bytes).context("decoding the alert")?;
     let json = to_json(&alert);
     println!("{}", serde_json::to_string_pretty(&json)?);

@@ -1,5 +1,8 @@
 //! `apflow archive …`: the archive service (`run`: every alert of the stream kept,
-//! served over HTTP) and reading the archive (`get`, `schema`).
+//! served over HTTP) and reading the archive (`get`, `schema`). The archive is a
+//! directory or, in a build with the `s3` feature, an S3-compatible object store:
+//! `--dir` takes a path, a `file://` URL or `s3://bucket/prefix?options`
+//! ([`ArchiveLocation`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use apflow_alert_dist::archive::Archive;
+use apflow_alert_dist::archive::{Archive, ArchiveLocation};
 use apflow_alert_dist::producer::FramedAlert;
 use apflow_alert_dist::registry::SchemaRegistry;
 use apflow_core::bus::{Bus, Delivery, EventPublisher, Subscription, Topics};
@@ -31,9 +34,14 @@ pub enum ArchiveCommand {
     Get {
         /// The alert's diaSourceId.
         id: i64,
-        /// The archive directory.
-        #[arg(long, env = "APFLOW_ARCHIVE_DIR")]
-        dir: PathBuf,
+        /// The archive: a directory, or `s3://bucket/prefix` (feature `s3`).
+        #[arg(
+            long,
+            visible_alias = "url",
+            env = "APFLOW_ARCHIVE_DIR",
+            value_name = "DIR|URL"
+        )]
+        dir: ArchiveLocation,
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -42,18 +50,37 @@ pub enum ArchiveCommand {
     Schema {
         /// The schema id (e.g. 1100).
         id: u32,
-        /// The archive directory.
-        #[arg(long, env = "APFLOW_ARCHIVE_DIR")]
-        dir: PathBuf,
+        /// The archive: a directory, or `s3://bucket/prefix` (feature `s3`).
+        #[arg(
+            long,
+            visible_alias = "url",
+            env = "APFLOW_ARCHIVE_DIR",
+            value_name = "DIR|URL"
+        )]
+        dir: ArchiveLocation,
     },
 }
 
 /// `apflow archive run` options.
 #[derive(Debug, Args)]
 pub struct ArchiveRunArgs {
-    /// The archive directory (created if missing).
-    #[arg(long, env = "APFLOW_ARCHIVE_DIR")]
-    pub dir: PathBuf,
+    /// The archive: a directory (created if missing), or (feature `s3`) an
+    /// S3-compatible object store, `s3://bucket/prefix`, with optional query keys
+    /// `endpoint`, `region`, `allow_http`, `spool`, `upload_interval`
+    /// (e.g. `s3://alerts/lsst?endpoint=http://minio:9000&allow_http=true`); endpoint,
+    /// region and credentials default to the `AWS_*` environment variables.
+    #[arg(
+        long,
+        visible_alias = "url",
+        env = "APFLOW_ARCHIVE_DIR",
+        value_name = "DIR|URL"
+    )]
+    pub dir: ArchiveLocation,
+    /// S3: the local directory of the nights being written (overrides the URL's
+    /// `spool=`; default `<temp dir>/apflow-archive-spool/<bucket>/<prefix>`). Put it
+    /// on a persistent volume when `upload_interval` is set.
+    #[arg(long, value_name = "DIR", env = "APFLOW_ARCHIVE_SPOOL")]
+    pub spool: Option<PathBuf>,
     /// The full alert topic (default: the alert producer's, `[producer] topic_template`
     /// for the current schema's major version).
     #[arg(long)]
@@ -96,14 +123,16 @@ pub fn run(cmd: ArchiveCommand, config: &AppConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens an existing archive directory.
-pub(crate) fn open(dir: &std::path::Path) -> anyhow::Result<Archive> {
-    anyhow::ensure!(
-        dir.join("alerts").is_dir(),
-        "{} is not an alert archive (no alerts/ directory)",
-        dir.display()
-    );
-    Ok(Archive::open(dir)?)
+/// Opens an existing archive (a directory must hold `alerts/`).
+pub(crate) fn open(location: &ArchiveLocation) -> anyhow::Result<Archive> {
+    if let ArchiveLocation::Dir(dir) = location {
+        anyhow::ensure!(
+            dir.join("alerts").is_dir(),
+            "{} is not an alert archive (no alerts/ directory)",
+            dir.display()
+        );
+    }
+    Ok(location.open()?)
 }
 
 /// What the archive service did.
@@ -117,9 +146,13 @@ struct ArchiveTotals {
 /// The archive service: until SIGINT, SIGTERM or `--idle-exit`.
 async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
     let registry = Arc::new(SchemaRegistry::current(&config.producer)?);
-    let dir = args.dir.clone();
-    let archive = Arc::new(tokio::task::spawn_blocking(move || Archive::open(&dir)).await??);
-    archive.put_schemas(&registry)?;
+    let mut location = args.dir.clone();
+    if let (ArchiveLocation::S3(o), Some(spool)) = (&mut location, &args.spool) {
+        o.spool = Some(spool.clone());
+    }
+    let archive = Arc::new(tokio::task::spawn_blocking(move || location.open()).await??);
+    let (a, r) = (archive.clone(), registry.clone());
+    tokio::task::spawn_blocking(move || a.put_schemas(&r)).await??;
     let router = http::router()
         .merge(registry.clone().router())
         .merge(archive.clone().router());
@@ -135,7 +168,7 @@ async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
         .await?;
     println!(
         "archive: {} from topic {} on {} (group {})",
-        args.dir.display(),
+        args.dir,
         topic,
         bus.backend(),
         args.group
@@ -152,6 +185,8 @@ async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
             r = sub.next_timeout(poll) => r?,
         };
         let Some(first) = first else {
+            // Idle: upload the nights written since their last upload (S3).
+            flush(&archive).await;
             idle_for += poll;
             if idle_for >= idle {
                 println!(
@@ -166,6 +201,7 @@ async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
         let batch = gather(&mut sub, first, args.batch.max(1)).await?;
         archive_batch(&archive, &publisher, &topic, batch, &mut totals).await?;
     }
+    flush(&archive).await;
     sub.close(Duration::from_secs(10)).await;
     println!(
         "archive: {} alerts written, {} already archived, {} messages refused (dead letters)",
@@ -175,6 +211,18 @@ async fn serve(args: ArchiveRunArgs, config: &AppConfig) -> anyhow::Result<()> {
         s.task.abort();
     }
     Ok(())
+}
+
+/// Uploads the nights changed since their last upload (an S3 archive with an upload
+/// interval; nothing to do otherwise). A failure is logged: the spool keeps the nights
+/// and the next flush, batch or shutdown uploads them.
+async fn flush(archive: &Arc<Archive>) {
+    let a = archive.clone();
+    match tokio::task::spawn_blocking(move || a.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "Uploading the nightly files failed."),
+        Err(e) => tracing::error!(error = %e, "Uploading the nightly files failed."),
+    }
 }
 
 /// `first` and whatever else is already waiting, up to `max` messages.
