@@ -139,8 +139,8 @@ impl Sink for DirSink {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AnySink {
-    /// [`DirSink`].
-    Dir(DirSink),
+    /// [`DirSink`] (boxed: the archive it holds is much larger than the Kafka sink).
+    Dir(Box<DirSink>),
     /// `KafkaSink` (feature `kafka`).
     #[cfg(feature = "kafka")]
     Kafka(KafkaSink),

@@ -138,7 +138,7 @@ pub async fn run(args: ReplayArgs, config: &AppConfig) -> anyhow::Result<()> {
                     apflow_alert_dist::schema::alert_schema().json.clone(),
                 );
             }
-            AnySink::Dir(DirSink::open(dir, &schemas)?)
+            AnySink::Dir(Box::new(DirSink::open(dir, &schemas)?))
         }
         (None, Some(brokers)) => kafka_sink_for(brokers, &args, generation, config).await?,
         (None, None) => anyhow::bail!("give --to-dir DIR or --brokers HOST:PORT"),
