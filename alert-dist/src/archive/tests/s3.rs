@@ -16,6 +16,32 @@ fn endpoint() -> Option<String> {
     e
 }
 
+/// A test's setting: the server, a fresh bucket named after the test, and two
+/// batches of alerts over two nights from the test's seed.
+struct Fixture {
+    ep: String,
+    bucket: String,
+    first: Vec<FramedAlert>,
+    second: Vec<FramedAlert>,
+    /// The seeded generator, after the two batches.
+    rng: ChaCha8Rng,
+}
+
+/// The [`Fixture`] of test `test`, or `None` (skipped) without a server.
+fn fixture(test: &str, seed: u64) -> Option<Fixture> {
+    let ep = endpoint()?;
+    let bucket = bucket(&ep, test);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (first, second) = two_nights(&mut rng);
+    Some(Fixture {
+        ep,
+        bucket,
+        first,
+        second,
+        rng,
+    })
+}
+
 /// A new bucket on the server (`PUT /<bucket>`, which moto accepts unsigned), named
 /// after the test, this process and a counter.
 fn bucket(endpoint: &str, test: &str) -> String {
@@ -81,10 +107,16 @@ fn ids_of(night: u32, alerts: &[&FramedAlert]) -> BTreeSet<i64> {
 
 #[test]
 fn s3_every_alert_is_retrievable_and_each_nightly_object_holds_exactly_its_night() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = bucket(&ep, "nights");
-    let mut rng = ChaCha8Rng::seed_from_u64(16);
-    let (first, second) = two_nights(&mut rng);
+    let Some(Fixture {
+        ep,
+        bucket,
+        first,
+        second,
+        ..
+    }) = fixture("nights", 16)
+    else {
+        return;
+    };
     let spool = tempfile::tempdir().unwrap();
     let o = options(&ep, &bucket, spool.path());
     {
@@ -126,10 +158,16 @@ fn s3_every_alert_is_retrievable_and_each_nightly_object_holds_exactly_its_night
 
 #[test]
 fn s3_duplicates_are_not_rewritten_nor_added_to_the_night_even_after_a_restart() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = bucket(&ep, "dups");
-    let mut rng = ChaCha8Rng::seed_from_u64(17);
-    let (first, second) = two_nights(&mut rng);
+    let Some(Fixture {
+        ep,
+        bucket,
+        first,
+        second,
+        ..
+    }) = fixture("dups", 17)
+    else {
+        return;
+    };
     let spool = tempfile::tempdir().unwrap();
     let a = open(&options(&ep, &bucket, spool.path()));
     a.put_batch(&first).unwrap();
@@ -199,10 +237,16 @@ fn s3_duplicates_are_not_rewritten_nor_added_to_the_night_even_after_a_restart()
 
 #[test]
 fn s3_a_restarted_archive_with_an_empty_spool_continues_the_night() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = bucket(&ep, "restart");
-    let mut rng = ChaCha8Rng::seed_from_u64(18);
-    let (first, second) = two_nights(&mut rng);
+    let Some(Fixture {
+        ep,
+        bucket,
+        first,
+        second,
+        ..
+    }) = fixture("restart", 18)
+    else {
+        return;
+    };
     let (spool1, spool2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let sync_of = |a: &Archive, night| {
         parse_header(&a.get_night(night, SCHEMA_ID).unwrap())
@@ -235,10 +279,16 @@ fn s3_a_restarted_archive_with_an_empty_spool_continues_the_night() {
 
 #[test]
 fn s3_with_an_upload_interval_the_night_object_is_a_prefix_until_flushed() {
-    let Some(ep) = endpoint() else { return };
-    let bucket = bucket(&ep, "interval");
-    let mut rng = ChaCha8Rng::seed_from_u64(19);
-    let (first, second) = two_nights(&mut rng);
+    let Some(Fixture {
+        ep,
+        bucket,
+        first,
+        second,
+        mut rng,
+    }) = fixture("interval", 19)
+    else {
+        return;
+    };
     let spool = tempfile::tempdir().unwrap();
     let mut o = options(&ep, &bucket, spool.path());
     o.upload_interval = Duration::from_secs(3600);
