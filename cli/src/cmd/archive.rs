@@ -34,14 +34,8 @@ pub enum ArchiveCommand {
     Get {
         /// The alert's diaSourceId.
         id: i64,
-        /// The archive: a directory, or `s3://bucket/prefix` (feature `s3`).
-        #[arg(
-            long,
-            visible_alias = "url",
-            env = "APFLOW_ARCHIVE_DIR",
-            value_name = "DIR|URL"
-        )]
-        dir: ArchiveLocation,
+        #[command(flatten)]
+        at: ArchiveAt,
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -50,15 +44,22 @@ pub enum ArchiveCommand {
     Schema {
         /// The schema id (e.g. 1100).
         id: u32,
-        /// The archive: a directory, or `s3://bucket/prefix` (feature `s3`).
-        #[arg(
-            long,
-            visible_alias = "url",
-            env = "APFLOW_ARCHIVE_DIR",
-            value_name = "DIR|URL"
-        )]
-        dir: ArchiveLocation,
+        #[command(flatten)]
+        at: ArchiveAt,
     },
+}
+
+/// The archive `get` and `schema` read.
+#[derive(Debug, Args)]
+pub struct ArchiveAt {
+    /// The archive: a directory, or `s3://bucket/prefix` (feature `s3`).
+    #[arg(
+        long,
+        visible_alias = "url",
+        env = "APFLOW_ARCHIVE_DIR",
+        value_name = "DIR|URL"
+    )]
+    dir: ArchiveLocation,
 }
 
 /// `apflow archive run` options.
@@ -110,15 +111,15 @@ pub fn run(cmd: ArchiveCommand, config: &AppConfig) -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(args, config));
         }
-        ArchiveCommand::Get { id, dir, out } => {
-            let bytes = open(&dir)?.get_alert(id)?;
+        ArchiveCommand::Get { id, at, out } => {
+            let bytes = open(&at.dir)?.get_alert(id)?;
             match out {
                 Some(path) => std::fs::write(&path, &bytes)
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => std::io::stdout().lock().write_all(&bytes)?,
             }
         }
-        ArchiveCommand::Schema { id, dir } => println!("{}", open(&dir)?.get_schema(id)?),
+        ArchiveCommand::Schema { id, at } => println!("{}", open(&at.dir)?.get_schema(id)?),
     }
     Ok(())
 }
