@@ -1021,9 +1021,8 @@ pub fn read_container(path: &Path) -> Result<Container, ArchiveError> {
 }
 
 /// Decodes an uncompressed container file held in memory (e.g. a nightly object read
-/// with [`Archive::get_night`]); `name` names it in errors.
-pub fn decode_container(buf: &[u8], name: &Path) -> Result<Container, ArchiveError> {
-    let path = name;
+/// with [`Archive::get_night`]); `path` names it in errors.
+pub fn decode_container(buf: &[u8], path: &Path) -> Result<Container, ArchiveError> {
     let bad = |reason: &str| ArchiveError::BadContainer {
         path: path.to_owned(),
         reason: reason.to_owned(),

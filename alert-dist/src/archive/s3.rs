@@ -265,9 +265,11 @@ impl S3Store {
                 .await
                 .map_err(|e| store_err(&rel, e))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-            let mut buf = vec![0u8; PART];
+            let mut buf = Vec::with_capacity(PART);
             loop {
-                let n = match read_full(&mut file, &mut buf) {
+                // Up to one part (fewer only at the end of the file).
+                buf.clear();
+                let n = match (&mut file).take(PART as u64).read_to_end(&mut buf) {
                     Ok(n) => n,
                     Err(e) => {
                         // Best effort: the upload is abandoned either way.
@@ -282,7 +284,7 @@ impl S3Store {
                     let _ = w.abort().await;
                     return Err(store_err(&rel, e));
                 }
-                w.write(&buf[..n]);
+                w.write(&buf);
             }
             // A failed completion is aborted by `finish` itself.
             w.finish().await.map(drop).map_err(|e| store_err(&rel, e))
@@ -316,18 +318,4 @@ impl S3Store {
             Ok(true)
         })
     }
-}
-
-/// Reads until `buf` is full or the file ends; the number of bytes read.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
