@@ -389,6 +389,7 @@ fn warp_row(
     let shift = FIX_BITS - PHASES.trailing_zeros();
     let half = 1i64 << (shift - 1);
     let (xmax, ymax) = (st.w as i64 - 6, st.h as i64 - 4);
+    let mask_phase = PHASES as i64 - 1;
     let mut written = 0;
     for ((o, v), m) in image
         .iter_mut()
@@ -402,7 +403,6 @@ fn warp_row(
         if ix < 2 || iy < 2 || ix >= xmax || iy >= ymax {
             continue;
         }
-        let mask_phase = PHASES as i64 - 1;
         (*o, *v, *m) = sample_at(
             st,
             table,
