@@ -14,7 +14,9 @@
 //!   `batch.num.messages` and `batch.size`, compressed (none, lz4, zstd or snappy).
 //!   Alerts of a detector are enqueued without waiting; delivery reports are awaited
 //!   afterwards — never a flush per message (Rubin's producer flushes after every
-//!   alert; DMTN-028). A failed delivery report is retried up to
+//!   alert; DMTN-028). The detectors of a visit share one client, and the room in its
+//!   queue is a semaphore ([`FramedSender`]): a detector that finds the queue full
+//!   waits its turn instead of polling. A failed delivery report is retried up to
 //!   [`ProducerConfig::retries`] times before the detector is reported as failed.
 //! * **Ledger**: alerts the broker acknowledged are recorded per (visit, detector)
 //!   ([`crate::ledger`]); a rerun sends only the others.
@@ -39,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 #[cfg(feature = "kafka")]
-pub use kafka::{AlertProducer, ProduceError, Sent, client_config, send_framed};
+pub use kafka::{AlertProducer, FramedSender, ProduceError, Sent, client_config};
 
 /// One alert ready for the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]

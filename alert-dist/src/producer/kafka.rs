@@ -13,6 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{DetectorAlerts, DetectorReport, FramedAlert, ProducerConfig};
 use crate::ledger::{Ledger, LedgerError};
@@ -63,7 +64,7 @@ pub enum ProduceError {
 
 /// The Kafka producer of one alert topic (one schema major version).
 pub struct AlertProducer {
-    producer: FutureProducer,
+    sender: FramedSender,
     brokers: String,
     kafka: KafkaConfig,
     topic: String,
@@ -112,11 +113,10 @@ impl AlertProducer {
         major: u32,
         ledger: Arc<Ledger>,
     ) -> Result<Self, ProduceError> {
-        let producer: FutureProducer = client_config(brokers, kafka, config)?
-            .create()
+        let sender = FramedSender::new(&client_config(brokers, kafka, config)?)
             .map_err(|e| ProduceError::Config(e.to_string()))?;
         Ok(Self {
-            producer,
+            sender,
             brokers: brokers.to_string(),
             kafka: kafka.clone(),
             topic: config.topic(major),
@@ -168,19 +168,20 @@ impl AlertProducer {
         let total = todo.len();
         let shutter_close = batch.shutter_close.timestamp_millis().to_string();
         let readout_end = batch.readout_end.timestamp_millis().to_string();
-        let sent = send_framed(
-            &self.producer,
-            &self.topic,
-            (batch.visit, batch.detector),
-            batch.alerts,
-            todo,
-            &[
-                ("shutter_close_timestamp", shutter_close.as_bytes()),
-                ("readout_end_timestamp", readout_end.as_bytes()),
-            ],
-            self.config.retries,
-        )
-        .await;
+        let sent = self
+            .sender
+            .send(
+                &self.topic,
+                (batch.visit, batch.detector),
+                batch.alerts,
+                todo,
+                &[
+                    ("shutter_close_timestamp", shutter_close.as_bytes()),
+                    ("readout_end_timestamp", readout_end.as_bytes()),
+                ],
+                self.config.retries,
+            )
+            .await;
         // One pass over the acknowledgements: ids for the ledger, bytes, latencies.
         let seconds = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6;
         let mut delivered = Vec::with_capacity(sent.delivered.len());
@@ -220,13 +221,14 @@ impl AlertProducer {
 
     /// Waits until every queued message is delivered, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), ProduceError> {
-        self.producer
+        self.sender
+            .producer()
             .flush(timeout)
             .map_err(|e| ProduceError::Flush(e.to_string()))
     }
 }
 
-/// What [`send_framed`] did.
+/// What [`FramedSender::send`] did.
 #[derive(Debug, Default)]
 pub struct Sent {
     /// Alerts acknowledged: their index and when the acknowledgement arrived.
@@ -236,111 +238,232 @@ pub struct Sent {
     pub failed: Vec<String>,
 }
 
-/// Sends `alerts[i]` for every `i` in `todo` to `topic` (key = diaSourceId, header
-/// `producer_timestamp`, then `extra_headers`): enqueues as many as librdkafka's queue
-/// takes (backing off while it is full), then awaits the delivery reports oldest first,
-/// re-queueing a failed one up to `retries` times — never a flush per message. Counts
-/// retried and given-up deliveries in the metrics. `(visit, detector)` name the batch
-/// in logs. Shared by [`AlertProducer::send_detector`] and replay's Kafka sink.
-pub async fn send_framed(
-    producer: &FutureProducer,
-    topic: &str,
-    (visit, detector): (VisitId, DetectorId),
-    alerts: &[FramedAlert],
-    todo: Vec<usize>,
-    extra_headers: &[(&str, &[u8])],
-    retries: u32,
-) -> Sent {
-    let mut queue: VecDeque<(usize, u32)> = todo.iter().map(|&i| (i, 0)).collect();
-    let mut pending: VecDeque<(usize, u32, DeliveryFuture)> = VecDeque::new();
-    let mut sent = Sent {
-        delivered: Vec::with_capacity(todo.len()),
-        failed: Vec::new(),
-    };
-    let mut keybuf = String::new();
-    loop {
-        // Enqueue as much as librdkafka's queue takes; one timestamp per pass.
-        let stamp = Utc::now().timestamp_millis().to_string();
-        let mut queue_full = false;
-        while let Some(&(i, attempt)) = queue.front() {
-            let alert = &alerts[i];
-            keybuf.clear();
-            use std::fmt::Write;
-            let _ = write!(keybuf, "{}", alert.dia_source_id);
-            let mut headers =
-                OwnedHeaders::new_with_capacity(1 + extra_headers.len()).insert(Header {
-                    key: "producer_timestamp",
-                    value: Some(stamp.as_bytes()),
-                });
-            for &(key, value) in extra_headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value),
-                });
+/// librdkafka's defaults of `queue.buffering.max.kbytes` and
+/// `queue.buffering.max.messages`, used when the configuration leaves them unset.
+const DEFAULT_QUEUE_KBYTES: u64 = 1_048_576;
+const DEFAULT_QUEUE_MESSAGES: u64 = 100_000;
+
+/// An rdkafka producer shared by many concurrent senders (one per detector), with
+/// room in its queue handed out fairly.
+///
+/// librdkafka refuses a message when its queue is full (`queue.buffering.max.kbytes`
+/// or `.messages`). A sender that meets a full queue while it has deliveries of its
+/// own pending awaits the oldest of them, which frees room; but a sender with nothing
+/// pending could only poll until someone else's delivery freed room — with the 189
+/// detectors of a visit finishing together that is thousands of futile wake-ups a
+/// second, each building a record, on the cores the broker needs. So the room is a
+/// semaphore, counted in KiB, sized a little under librdkafka's own limit: a message
+/// holds its permit until its delivery report is taken, a sender that finds no room
+/// waits in the semaphore's queue (FIFO, so no detector starves), and librdkafka's
+/// `QueueFull` is only a fallback.
+pub struct FramedSender {
+    producer: FutureProducer,
+    room: Arc<Semaphore>,
+    /// Permits in all (KiB).
+    capacity: u32,
+    /// Permits a message takes at least, so at most `queue.buffering.max.messages`
+    /// fit in the room however small they are.
+    min_cost: u32,
+}
+
+impl std::fmt::Debug for FramedSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedSender")
+            .field("room_kib", &self.room.available_permits())
+            .field("capacity_kib", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FramedSender {
+    /// A producer created from `config`, its queue limits read from the same settings.
+    pub fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
+        let limit = |key: &str, default: u64| {
+            config
+                .get(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&v| v > 0)
+                .unwrap_or(default)
+        };
+        let kbytes = limit("queue.buffering.max.kbytes", DEFAULT_QUEUE_KBYTES);
+        let messages = limit("queue.buffering.max.messages", DEFAULT_QUEUE_MESSAGES);
+        // A tenth of slack: librdkafka counts a little more than the payload.
+        let capacity = (kbytes - kbytes / 10).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+        let min_cost = kbytes.div_ceil(messages).clamp(1, u64::from(capacity)) as u32;
+        Ok(Self {
+            producer: config.create()?,
+            room: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+            min_cost,
+        })
+    }
+
+    /// The rdkafka producer (to flush it or fetch metadata).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// The permits a message of `bytes` takes.
+    fn cost(&self, bytes: usize) -> u32 {
+        (bytes.div_ceil(1024) as u64).clamp(u64::from(self.min_cost), u64::from(self.capacity))
+            as u32
+    }
+
+    /// Sends `alerts[i]` for every `i` in `todo` to `topic` (key = diaSourceId, header
+    /// `producer_timestamp`, then `extra_headers`): enqueues as many as there is room
+    /// for (waiting for room when none of its own is pending), then awaits the
+    /// delivery reports oldest first, re-queueing a failed one up to `retries` times —
+    /// never a flush per message. Counts retried and given-up deliveries in the
+    /// metrics. `(visit, detector)` name the batch in logs. Shared by
+    /// [`AlertProducer::send_detector`] and replay's Kafka sink.
+    pub async fn send(
+        &self,
+        topic: &str,
+        (visit, detector): (VisitId, DetectorId),
+        alerts: &[FramedAlert],
+        todo: Vec<usize>,
+        extra_headers: &[(&str, &[u8])],
+        retries: u32,
+    ) -> Sent {
+        let mut queue: VecDeque<(usize, u32)> = todo.iter().map(|&i| (i, 0)).collect();
+        let mut pending: VecDeque<(usize, u32, DeliveryFuture, OwnedSemaphorePermit)> =
+            VecDeque::new();
+        let mut sent = Sent {
+            delivered: Vec::with_capacity(todo.len()),
+            failed: Vec::new(),
+        };
+        let mut keybuf = String::new();
+        loop {
+            // Enqueue as much as there is room for; one timestamp per pass.
+            let stamp = Utc::now().timestamp_millis().to_string();
+            let mut queue_full = false;
+            while let Some(&(i, attempt)) = queue.front() {
+                let alert = &alerts[i];
+                let cost = self.cost(alert.framed.len());
+                let permit = match self.room.clone().try_acquire_many_owned(cost) {
+                    Ok(permit) => permit,
+                    // Our own oldest delivery frees room: take it first.
+                    Err(_) if !pending.is_empty() => break,
+                    // Nothing of ours to wait for: queue for room.
+                    Err(_) => match self.room.clone().acquire_many_owned(cost).await {
+                        Ok(permit) => permit,
+                        Err(_) => unreachable!("the room semaphore is never closed"),
+                    },
+                };
+                keybuf.clear();
+                use std::fmt::Write;
+                let _ = write!(keybuf, "{}", alert.dia_source_id);
+                let mut headers =
+                    OwnedHeaders::new_with_capacity(1 + extra_headers.len()).insert(Header {
+                        key: "producer_timestamp",
+                        value: Some(stamp.as_bytes()),
+                    });
+                for &(key, value) in extra_headers {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(value),
+                    });
+                }
+                let record = FutureRecord::<[u8], [u8]>::to(topic)
+                    .key(keybuf.as_bytes())
+                    .payload(&alert.framed[..])
+                    .headers(headers);
+                match self.producer.send_result(record) {
+                    Ok(fut) => {
+                        queue.pop_front();
+                        pending.push_back((i, attempt, fut, permit));
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // librdkafka counted more than the room allowed for.
+                        queue_full = true;
+                        break;
+                    }
+                    Err((e, _)) => {
+                        // Refused before queueing (too large, bad topic): not retryable.
+                        queue.pop_front();
+                        metrics::DELIVERY_FAILURES_TOTAL
+                            .with_label_values(&["given_up"])
+                            .inc();
+                        sent.failed
+                            .push(format!("diaSourceId {}: {e}", alert.dia_source_id));
+                    }
+                }
             }
-            let record = FutureRecord::<[u8], [u8]>::to(topic)
-                .key(keybuf.as_bytes())
-                .payload(&alert.framed[..])
-                .headers(headers);
-            match producer.send_result(record) {
-                Ok(fut) => {
-                    queue.pop_front();
-                    pending.push_back((i, attempt, fut));
+            // Take one delivery report (the oldest), freeing room in the queue.
+            let Some((i, attempt, fut, permit)) = pending.pop_front() else {
+                if queue_full {
+                    // Full with nothing of ours pending (the fallback): back off.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    queue_full = true;
-                    break;
+                break;
+            };
+            let alert = &alerts[i];
+            let outcome = match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("the producer was dropped before delivery".to_owned()),
+            };
+            drop(permit);
+            match outcome {
+                Ok(()) => sent.delivered.push((i, Utc::now())),
+                Err(reason) if attempt < retries => {
+                    tracing::warn!(
+                        visit = visit.0,
+                        detector = detector.0,
+                        dia_source_id = alert.dia_source_id,
+                        attempt,
+                        %reason,
+                        "Alert delivery failed; retrying."
+                    );
+                    metrics::DELIVERY_FAILURES_TOTAL
+                        .with_label_values(&["retried"])
+                        .inc();
+                    queue.push_back((i, attempt + 1));
                 }
-                Err((e, _)) => {
-                    // Refused before queueing (too large, bad topic): not retryable.
-                    queue.pop_front();
+                Err(reason) => {
                     metrics::DELIVERY_FAILURES_TOTAL
                         .with_label_values(&["given_up"])
                         .inc();
                     sent.failed
-                        .push(format!("diaSourceId {}: {e}", alert.dia_source_id));
+                        .push(format!("diaSourceId {}: {reason}", alert.dia_source_id));
                 }
             }
         }
-        // Take one delivery report (the oldest), freeing room in the queue.
-        let Some((i, attempt, fut)) = pending.pop_front() else {
-            if queue_full {
-                // Queue full with nothing of ours pending: other senders fill it.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-            break;
-        };
-        let alert = &alerts[i];
-        let outcome = match fut.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err("the producer was dropped before delivery".to_owned()),
-        };
-        match outcome {
-            Ok(()) => sent.delivered.push((i, Utc::now())),
-            Err(reason) if attempt < retries => {
-                tracing::warn!(
-                    visit = visit.0,
-                    detector = detector.0,
-                    dia_source_id = alert.dia_source_id,
-                    attempt,
-                    %reason,
-                    "Alert delivery failed; retrying."
-                );
-                metrics::DELIVERY_FAILURES_TOTAL
-                    .with_label_values(&["retried"])
-                    .inc();
-                queue.push_back((i, attempt + 1));
-            }
-            Err(reason) => {
-                metrics::DELIVERY_FAILURES_TOTAL
-                    .with_label_values(&["given_up"])
-                    .inc();
-                sent.failed
-                    .push(format!("diaSourceId {}: {reason}", alert.dia_source_id));
-            }
-        }
+        sent
     }
-    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(settings: &[(&str, &str)]) -> FramedSender {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", "127.0.0.1:9");
+        for (k, v) in settings {
+            c.set(*k, *v);
+        }
+        FramedSender::new(&c).unwrap()
+    }
+
+    #[test]
+    fn the_room_follows_librdkafkas_queue_limits() {
+        // librdkafka's defaults: 1 GiB and 100,000 messages, less a tenth.
+        let s = sender(&[]);
+        assert_eq!(s.capacity, 943_719);
+        assert_eq!(s.min_cost, 11);
+        assert_eq!(s.room.available_permits(), 943_719);
+        // An ~80 KB alert takes 80 KiB; a tiny one at least the per-message share.
+        assert_eq!(s.cost(81_920), 80);
+        assert_eq!(s.cost(81_921), 81);
+        assert_eq!(s.cost(100), 11);
+        let s = sender(&[
+            ("queue.buffering.max.kbytes", "1000"),
+            ("queue.buffering.max.messages", "100"),
+        ]);
+        assert_eq!((s.capacity, s.min_cost), (900, 10));
+        // A message larger than the room still gets in, alone.
+        assert_eq!(s.cost(5_000_000), 900);
+    }
 }

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use apflow_alert_dist::producer::{FramedAlert, ProducerConfig, client_config, send_framed};
+use apflow_alert_dist::producer::{FramedAlert, FramedSender, ProducerConfig, client_config};
 use apflow_core::bus::kafka::create_topics;
 use apflow_core::bus::{KafkaConfig, TopicSpec};
 use apflow_core::ids::{DetectorId, VisitId};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 
 use super::{Sink, SinkError};
 
 /// Produces replayed alerts to one topic.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    sender: FramedSender,
     topic: String,
     generation: String,
     timeout: Duration,
@@ -42,9 +42,9 @@ impl KafkaSink {
         // The alert producer's settings: idempotent, acks=all, batching, compression.
         let c =
             client_config(brokers, kafka, config).map_err(|e| SinkError::Config(e.to_string()))?;
-        let producer: FutureProducer = c.create().map_err(|e| SinkError::Config(e.to_string()))?;
+        let sender = FramedSender::new(&c).map_err(|e| SinkError::Config(e.to_string()))?;
         Ok(Self {
-            producer,
+            sender,
             topic: topic.to_string(),
             generation: generation.to_string(),
             timeout: config.message_timeout,
@@ -75,7 +75,8 @@ impl KafkaSink {
     /// burst would otherwise wait for it): fetches the topic's metadata, waiting at
     /// most `timeout`. Blocking: call it from a blocking context.
     pub fn connect(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer
+        self.sender
+            .producer()
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .map(|_| ())
@@ -93,18 +94,19 @@ impl Sink for KafkaSink {
         detector: DetectorId,
         alerts: &[FramedAlert],
     ) -> Result<(), SinkError> {
-        // The alert producer's send loop: enqueue the whole burst (backing off while
-        // librdkafka's queue is full), await the delivery reports, retry failures.
-        let sent = send_framed(
-            &self.producer,
-            &self.topic,
-            (visit, detector),
-            alerts,
-            (0..alerts.len()).collect(),
-            &[("apflow_replay_generation", self.generation.as_bytes())],
-            self.retries,
-        )
-        .await;
+        // The alert producer's send loop: enqueue the whole burst (waiting while
+        // there is no room in librdkafka's queue), await the delivery reports, retry failures.
+        let sent = self
+            .sender
+            .send(
+                &self.topic,
+                (visit, detector),
+                alerts,
+                (0..alerts.len()).collect(),
+                &[("apflow_replay_generation", self.generation.as_bytes())],
+                self.retries,
+            )
+            .await;
         match sent.failed.first() {
             None => Ok(()),
             Some(reason) => Err(SinkError::Undelivered {
@@ -118,7 +120,8 @@ impl Sink for KafkaSink {
     }
 
     async fn finish(&mut self) -> Result<(), SinkError> {
-        self.producer
+        self.sender
+            .producer()
             .flush(self.timeout)
             .map_err(|e| SinkError::Config(format!("flush: {e}")))
     }
