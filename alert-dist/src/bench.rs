@@ -72,15 +72,7 @@ pub fn synthetic_alerts(
     out
 }
 
-/// Seconds this thread has run on a CPU, from the scheduler's own account
-/// (`/proc/thread-self/schedstat`, first field, nanoseconds; Linux). `None` where the
-/// file is missing. On a shared machine this is the figure to quote for "one core":
-/// wall time also counts the time other processes held the core.
-pub fn thread_cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns as f64 * 1e-9)
-}
+pub use apflow_core::time::thread_cpu_seconds;
 
 /// What the serialisation benchmark measured.
 #[derive(Clone, Copy, Debug)]
@@ -150,7 +142,8 @@ mod kafka {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use apflow_core::bus::KafkaConfig;
+    use apflow_core::bus::kafka::create_topics;
+    use apflow_core::bus::{KafkaConfig, TopicSpec};
     use apflow_core::ids::DetectorId;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -222,7 +215,8 @@ mod kafka {
 
     /// The same bytes through a bare `FutureProducer` with the producer's own client
     /// settings: no key formatting, headers, ledger or metrics — the floor set by
-    /// librdkafka and the broker.
+    /// librdkafka and the broker. Creates `topic` (with the configured partitions)
+    /// first when missing (not timed).
     pub async fn baseline_produce(
         brokers: &str,
         kafka: &KafkaConfig,
@@ -234,6 +228,16 @@ mod kafka {
             crate::producer::kafka::client_config(brokers, kafka, config)?
                 .create()
                 .map_err(|e| ProduceError::Config(e.to_string()))?;
+        let spec = TopicSpec {
+            name: topic.to_owned(),
+            partitions: config.partitions,
+        };
+        create_topics(brokers, kafka, &[spec])
+            .await
+            .map_err(|e| ProduceError::Admin {
+                topic: topic.to_owned(),
+                reason: e.to_string(),
+            })?;
         let started = Instant::now();
         let mut pending = std::collections::VecDeque::new();
         let mut f = ProduceFigures {

@@ -143,9 +143,56 @@ pub fn day_obs(t: DateTime<Utc>) -> u32 {
     shifted.year() as u32 * 10_000 + shifted.month() * 100 + shifted.day()
 }
 
+/// Seconds this thread has run on a CPU, from the scheduler's own account
+/// (`/proc/thread-self/schedstat`, first field, nanoseconds; Linux). `None` where the
+/// file is missing. On a shared machine this is the figure to quote for "one core":
+/// wall time also counts the time other processes held the core.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    schedstat_seconds(std::path::Path::new("/proc/thread-self/schedstat"))
+}
+
+/// Seconds the live threads of this process have run on a CPU: the sum of
+/// [`thread_cpu_seconds`]' account over `/proc/self/task/*` (threads that have
+/// exited are not counted; pool threads, like rayon's, live on). `None` off Linux.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread can exit between the listing and the read: skip it.
+        total += schedstat_seconds(&task.path().join("schedstat")).unwrap_or(0.0);
+    }
+    Some(total)
+}
+
+fn schedstat_seconds(path: &std::path::Path) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_clocks_count_work_and_the_process_at_least_this_thread() {
+        let (Some(t0), Some(p0)) = (thread_cpu_seconds(), process_cpu_seconds()) else {
+            return; // not Linux
+        };
+        // Spin for 50 ms of wall time: the thread's clock must move by most of it
+        // unless the machine is very busy, and must never move backwards.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let (t1, p1) = (
+            thread_cpu_seconds().unwrap(),
+            process_cpu_seconds().unwrap(),
+        );
+        assert!(t1 > t0, "{t0} → {t1}");
+        assert!(t1 - t0 <= start.elapsed().as_secs_f64() + 0.01);
+        assert!(p1 >= t1 && p1 > p0, "process {p0} → {p1}, thread {t1}");
+    }
     use chrono::TimeZone;
 
     #[test]

@@ -27,6 +27,10 @@ pub struct AlertsProduceArgs {
     /// Skip the bare-rdkafka baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Run the baseline before apflow's producer for each setting (the broker's
+    /// storage grows with each run, so the order can favour the first).
+    #[arg(long, conflicts_with = "no_baseline")]
+    pub baseline_first: bool,
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -80,12 +84,24 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
             compression: c,
             ..config.producer.clone()
         };
-        let ours = produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?;
-        let base = if args.no_baseline {
-            None
+        // Each run has its own topic: apflow's `…-v11`, the baseline's `…-v11-bare`.
+        let bare_topic = format!("{}-bare", pc.topic(11));
+        let baseline =
+            || baseline_produce(&brokers, &config.bus.kafka, &pc, &bare_topic, &detectors);
+        let (ours, base) = if args.no_baseline {
+            (
+                produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?,
+                None,
+            )
+        } else if args.baseline_first {
+            let base = baseline().await?;
+            (
+                produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?,
+                Some(base),
+            )
         } else {
-            let topic = pc.topic(11);
-            Some(baseline_produce(&brokers, &config.bus.kafka, &pc, &topic, &detectors).await?)
+            let ours = produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?;
+            (ours, Some(baseline().await?))
         };
         match base {
             Some(b) => println!(
