@@ -3,9 +3,15 @@
 //! [`Apdb::store`].
 //!
 //! Every record table carries the storage columns `apdb_part` (spatial pixel) and, for
-//! DiaSource and DiaForcedSource, `apdb_time_part` (30-day partition), indexed
-//! together, so a region read is a handful of index range scans whose cost depends on
-//! the rows inside the region and window, not on the size of the database.
+//! DiaSource and DiaForcedSource, `apdb_time_part` (30-day partition). The tables a
+//! region read scans (DiaObjectLast, DiaSource, DiaForcedSource) are `WITHOUT ROWID`
+//! tables clustered by those columns (then the id; the schema's primary key is a
+//! `UNIQUE` index), so a region read is one range scan per pixel over contiguous rows,
+//! whose cost depends on the rows inside the region and window, not on the size of the
+//! database or the history outside the window. Rows are decoded straight into their
+//! records ([`ValueSource`]); margin rows outside the region are dropped before
+//! decoding. A database created before this layout keeps its own (rowid tables with
+//! `(apdb_part, apdb_time_part)` indexes): the same queries run on it, slower.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,7 +27,7 @@ use crate::partition::{Region, TimeWindow, pixel_of, time_partition};
 use crate::schema::{
     DiaForcedSource, DiaObject, DiaObjectLast, DiaSource, METADATA_TABLE, PART_COLUMN, Record,
     SCHEMA_VERSION, SchemaVersion, SsObject, TIME_PART_COLUMN, TableDef, VISIT_DETECTOR_TABLE,
-    Value, column_names, quoted, schema, sort_history,
+    Value, ValueError, ValueSource, column_names, quoted, schema, sort_history,
 };
 use crate::{ApdbConfig, metadata_entries};
 
@@ -74,19 +80,38 @@ fn storage_columns(table: &str) -> &'static [&'static str] {
     }
 }
 
+/// How a table is laid out on disk when it is not by its primary key: the record
+/// tables a region read scans are `WITHOUT ROWID` tables clustered by these columns,
+/// so the rows of one spatial pixel (and time partition) are contiguous and a region
+/// read is a few sequential range scans instead of one table look-up per row. The
+/// schema's primary key is then a `UNIQUE` index.
+fn clustering_key(table: &str) -> Option<&'static [&'static str]> {
+    match table {
+        "DiaObjectLast" => Some(&[PART_COLUMN, "diaObjectId"]),
+        "DiaSource" => Some(&[PART_COLUMN, TIME_PART_COLUMN, "diaSourceId"]),
+        "DiaForcedSource" => Some(&[PART_COLUMN, TIME_PART_COLUMN, "diaForcedSourceId"]),
+        _ => None,
+    }
+}
+
 /// `CREATE TABLE` and `CREATE INDEX` statements of the whole schema.
 pub fn ddl() -> Vec<String> {
     let mut out = Vec::new();
     for t in &schema().tables {
         out.push(create_table(t));
+        if clustering_key(t.name).is_some() {
+            let pk: Vec<String> = t.primary_key.iter().map(|s| s.to_string()).collect();
+            out.push(format!(
+                "CREATE UNIQUE INDEX \"{0}_pk\" ON \"{0}\" ({1})",
+                t.name,
+                quoted(&pk)
+            ));
+        }
     }
     out.extend(
         [
             "CREATE INDEX DiaObject_visit ON DiaObject (apdb_visit, apdb_detector)",
-            "CREATE INDEX DiaObjectLast_part ON DiaObjectLast (apdb_part)",
-            "CREATE INDEX DiaSource_part ON DiaSource (apdb_part, apdb_time_part)",
             "CREATE INDEX DiaSource_visit ON DiaSource (visit, detector)",
-            "CREATE INDEX DiaForcedSource_part ON DiaForcedSource (apdb_part, apdb_time_part)",
             "CREATE INDEX DiaForcedSource_visit ON DiaForcedSource (visit, detector)",
         ]
         .map(String::from),
@@ -110,12 +135,16 @@ fn create_table(t: &TableDef) -> String {
     for s in storage_columns(t.name) {
         cols.push(format!("\"{s}\" INTEGER NOT NULL"));
     }
-    let pk: Vec<String> = t.primary_key.iter().map(|s| s.to_string()).collect();
+    let (key, without_rowid) = match clustering_key(t.name) {
+        Some(k) => (k, " WITHOUT ROWID"),
+        None => (t.primary_key, ""),
+    };
+    let key: Vec<String> = key.iter().map(|s| s.to_string()).collect();
     format!(
-        "CREATE TABLE \"{}\" ({}, PRIMARY KEY ({}))",
+        "CREATE TABLE \"{}\" ({}, PRIMARY KEY ({})){without_rowid}",
         t.name,
         cols.join(", "),
-        quoted(&pk)
+        quoted(&key)
     )
 }
 
@@ -126,6 +155,8 @@ struct Sql {
     select_forced: String,
     source_object_idx: usize,
     forced_object_idx: usize,
+    object_ra_idx: usize,
+    object_dec_idx: usize,
     insert_object: String,
     upsert_last: String,
     insert_source: String,
@@ -145,8 +176,10 @@ impl Sql {
                 quoted(&all)
             )
         };
-        let window = "apdb_part >= ?1 AND apdb_part < ?2 AND apdb_time_part >= ?3 \
-                      AND apdb_time_part <= ?4 AND midpointMjdTai >= ?5 AND midpointMjdTai < ?6";
+        // One pixel at a time: an equality on the first key column lets the time
+        // partitions bound the scan too, so rows outside the window are never visited.
+        let window = "apdb_part = ?1 AND apdb_time_part >= ?2 AND apdb_time_part <= ?3 \
+                      AND midpointMjdTai >= ?4 AND midpointMjdTai < ?5";
         let src = column_names::<DiaSource>();
         let fs = column_names::<DiaForcedSource>();
         let last = column_names::<DiaObjectLast>();
@@ -161,6 +194,8 @@ impl Sql {
             select_forced: format!("SELECT {} FROM DiaForcedSource WHERE {window}", quoted(&fs)),
             source_object_idx: src.iter().position(|c| c == "diaObjectId").expect("column"),
             forced_object_idx: fs.iter().position(|c| c == "diaObjectId").expect("column"),
+            object_ra_idx: last.iter().position(|c| c == "ra").expect("column"),
+            object_dec_idx: last.iter().position(|c| c == "dec").expect("column"),
             insert_object: insert(
                 "INSERT OR REPLACE",
                 "DiaObject",
@@ -206,30 +241,73 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn row_values(row: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Vec<Value>> {
-    (0..n)
-        .map(|i| {
-            Ok(match row.get_ref(i)? {
-                ValueRef::Null => Value::Null,
-                ValueRef::Integer(x) => Value::Long(x),
-                ValueRef::Real(x) => Value::Double(x),
-                ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Blob(_) => {
-                    return Err(rusqlite::Error::InvalidColumnType(
-                        i,
-                        "blob".into(),
-                        rusqlite::types::Type::Blob,
-                    ));
-                }
-            })
-        })
-        .collect()
+/// One row of a result as a [`ValueSource`]: each column converted to a [`Value`] as the
+/// record asks for it, in column order.
+struct RowValues<'a, 'r> {
+    row: &'a rusqlite::Row<'r>,
+    next: usize,
+    failed: Option<rusqlite::Error>,
 }
 
-fn decode<R: Record>(values: Vec<Value>) -> Result<R, ApdbError> {
-    R::from_values(values).map_err(|source| ApdbError::Corrupt {
-        table: R::TABLE,
-        source,
+fn value_of(v: ValueRef<'_>, i: usize) -> rusqlite::Result<Value> {
+    Ok(match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(x) => Value::Long(x),
+        ValueRef::Real(x) => Value::Double(x),
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(_) => {
+            return Err(rusqlite::Error::InvalidColumnType(
+                i,
+                "blob".into(),
+                rusqlite::types::Type::Blob,
+            ));
+        }
+    })
+}
+
+impl ValueSource for RowValues<'_, '_> {
+    fn next_value(&mut self) -> Value {
+        let i = self.next;
+        self.next += 1;
+        match self.row.get_ref(i).and_then(|v| value_of(v, i)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed.get_or_insert(e);
+                Value::Null
+            }
+        }
+    }
+}
+
+/// The record in the first columns of `row` (in [`Record::columns`] order), decoded
+/// straight into its struct.
+fn decode_row<R: Record>(row: &rusqlite::Row<'_>, op: &'static str) -> Result<R, ApdbError> {
+    let mut src = RowValues {
+        row,
+        next: 0,
+        failed: None,
+    };
+    let rec = R::read_values(&mut src);
+    if let Some(e) = src.failed {
+        return Err(classify(op)(e));
+    }
+    rec.ok_or_else(|| {
+        // The column that did not fit: the last one read.
+        let i = src.next - 1;
+        let col = &R::columns()[i];
+        let found = row
+            .get_ref(i)
+            .ok()
+            .and_then(|v| value_of(v, i).ok())
+            .unwrap_or(Value::Null);
+        ApdbError::Corrupt {
+            table: R::TABLE,
+            source: ValueError {
+                column: col.name.clone(),
+                expected: col.ty,
+                found,
+            },
+        }
     })
 }
 
@@ -384,15 +462,15 @@ fn read_history<R: Record>(
     window: TimeWindow,
     op: &'static str,
 ) -> Result<Vec<R>, ApdbError> {
-    let n = R::columns().len();
     let parts = window.partitions();
-    let mut stmt = conn.prepare_cached(sql).map_err(classify(op))?;
+    // One read transaction: every pixel is read from the same snapshot.
+    let tx = conn.unchecked_transaction().map_err(classify(op))?;
+    let mut stmt = tx.prepare_cached(sql).map_err(classify(op))?;
     let mut out = Vec::new();
-    for r in region.pixel_ranges() {
+    for pixel in region.pixels() {
         let mut rows = stmt
             .query(params![
-                r.start as i64,
-                r.end as i64,
+                pixel,
                 parts.start(),
                 parts.end(),
                 window.start.0,
@@ -402,10 +480,12 @@ fn read_history<R: Record>(
         while let Some(row) = rows.next().map_err(classify(op))? {
             let obj: Option<i64> = row.get(obj_idx).map_err(classify(op))?;
             if obj.is_some_and(|o| objects.contains(&o)) {
-                out.push(decode::<R>(row_values(row, n).map_err(classify(op))?)?);
+                out.push(decode_row::<R>(row, op)?);
             }
         }
     }
+    drop(stmt);
+    tx.finish().map_err(classify(op))?;
     Ok(out)
 }
 
@@ -414,8 +494,8 @@ impl Apdb for SqliteApdb {
         let region = region.clone();
         self.read("dia_objects", move |conn, sql| {
             let op = "dia_objects";
-            let n = DiaObjectLast::columns().len();
-            let mut stmt = conn
+            let tx = conn.unchecked_transaction().map_err(classify(op))?;
+            let mut stmt = tx
                 .prepare_cached(&sql.select_objects)
                 .map_err(classify(op))?;
             let mut out = Vec::new();
@@ -424,12 +504,17 @@ impl Apdb for SqliteApdb {
                     .query(params![r.start as i64, r.end as i64])
                     .map_err(classify(op))?;
                 while let Some(row) = rows.next().map_err(classify(op))? {
-                    let o: DiaObjectLast = decode(row_values(row, n).map_err(classify(op))?)?;
-                    if region.contains_deg(o.ra, o.dec) {
-                        out.push(o);
+                    // Rows of the margin pixels outside the region are dropped before
+                    // they are decoded.
+                    let ra: f64 = row.get(sql.object_ra_idx).map_err(classify(op))?;
+                    let dec: f64 = row.get(sql.object_dec_idx).map_err(classify(op))?;
+                    if region.contains_deg(ra, dec) {
+                        out.push(decode_row::<DiaObjectLast>(row, op)?);
                     }
                 }
             }
+            drop(stmt);
+            tx.finish().map_err(classify(op))?;
             out.sort_by_key(|o| o.dia_object_id);
             Ok(out)
         })

@@ -100,3 +100,46 @@ async fn dia_object_versions_are_closed_by_the_next_version() {
     );
     assert_eq!(apdb.counts().await.unwrap().dia_objects, 1);
 }
+
+#[tokio::test]
+async fn a_stored_value_of_the_wrong_type_is_corrupt_and_names_its_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apdb.db");
+    let url = format!("sqlite://{}", path.display());
+    let apdb = AnyApdb::create(&url, &ApdbConfig::default()).await.unwrap();
+    let v = visit(1);
+    let s = source(v, 0, 0, 1.0, 1.0, 61000.0, None);
+    let id = s.dia_source_id.0;
+    apdb.store(&StoreBatch {
+        visit: v,
+        detector: DetectorId(0),
+        visit_time: MjdTai(61000.0),
+        objects: vec![object(id, 1.0, 1.0, 61000.0, 1)],
+        sources: vec![s],
+        forced: vec![],
+    })
+    .await
+    .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE DiaSource SET psfFluxErr = 'x'", [])
+        .unwrap();
+    drop(conn);
+    let poly = apflow_core::geom::SkyPolygon::from_tangent_rect(
+        &apflow_core::geom::TangentPlane::new(1f64.to_radians(), 1f64.to_radians()),
+        -1e-3,
+        1e-3,
+        -1e-3,
+        1e-3,
+    );
+    let region = apflow_apdb::Region::new(poly, 0.0);
+    let e = apdb
+        .dia_sources(
+            &region,
+            &[apflow_core::ids::DiaObjectId(id)],
+            apflow_apdb::TimeWindow::history(MjdTai(61001.0)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApdbError::Corrupt { .. }), "{e:?}");
+    assert!(e.to_string().contains("psfFluxErr"), "{e}");
+}
