@@ -504,9 +504,10 @@ pub(crate) fn check_version(url: &str, found: &str) -> Result<(), ApdbError> {
 /// `(diaObjectId, midpointMjdTai)` index; beyond, it scans the region's pixels in the
 /// window. SQLite evaluates every selected column of each row a scan steps on, so a
 /// scan costs the ~100 columns of every DiaSource of the region whatever the object
-/// filter keeps. Measured at a year of history (`apflow bench apdb`: ~7,000 DiaSources
-/// and ~5,500 DiaObjects in a detector's region): 12 objects' history 6 ms looked up
-/// vs 17 ms scanned; all 5,500 objects' 38 ms looked up vs 28 ms scanned.
+/// filter keeps. Measured on the `apflow bench apdb` database (~7,000 DiaSources in a
+/// detector's region and 12-month window): the DiaSources of 20 DiaObjects, 7 ms looked
+/// up vs 17 ms scanned; of all ~11,000 DiaObjects of the region, 38 ms looked up vs
+/// 28 ms scanned.
 const LOOKUP_MAX_OBJECTS: usize = 1000;
 
 /// The history rows (`R`: DiaSource or DiaForcedSource) of `objects` inside `window`,
