@@ -104,6 +104,15 @@ impl Region {
     pub fn pixel_ranges(&self) -> &[Range<u64>] {
         &self.ranges
     }
+    /// Whether spatial partition `pixel` is one of [`Region::pixel_ranges`].
+    pub fn covers_pixel(&self, pixel: i64) -> bool {
+        let Ok(p) = u64::try_from(pixel) else {
+            return false;
+        };
+        // The first range that ends after `p` is the only one that can hold it.
+        let i = self.ranges.partition_point(|r| r.end <= p);
+        self.ranges.get(i).is_some_and(|r| r.contains(&p))
+    }
     /// Every spatial partition that may hold rows inside.
     pub fn pixels(&self) -> impl Iterator<Item = i64> + '_ {
         self.ranges.iter().flat_map(|r| r.clone().map(|p| p as i64))
@@ -181,6 +190,12 @@ mod tests {
                 );
             }
         }
+        for p in region.pixels() {
+            assert!(region.covers_pixel(p));
+            assert!(region.covers_pixel(p - 1) == region.pixels().any(|q| q == p - 1));
+            assert!(region.covers_pixel(p + 1) == region.pixels().any(|q| q == p + 1));
+        }
+        assert!(!region.covers_pixel(-1));
         assert!(
             region.pixels().count() < 60,
             "too many pixels: {}",

@@ -218,6 +218,16 @@ impl FieldVisitor for PushValues<'_> {
     }
 }
 
+/// Hands out a stored row's values one column at a time, in column order: what
+/// [`Fields::read_values`] takes. A backend's row reader implements it so a record is
+/// built straight from the row, without first collecting the row into a `Vec<Value>`
+/// (the SQLite history read: ~100 columns per DiaSource, thousands of rows per
+/// detector).
+pub trait ValueSource {
+    /// The next column's value.
+    fn next_value(&mut self) -> Value;
+}
+
 /// A Rust type that maps to one column.
 pub trait Field: Sized {
     /// The column type.
@@ -336,6 +346,11 @@ pub trait Fields: Sized {
     }
     /// Takes the values, in column order.
     fn take_values(prefix: &str, it: &mut dyn Iterator<Item = Value>) -> Result<Self, ValueError>;
+    /// Reads the values, in column order, from `src`: the same conversions as
+    /// [`Fields::take_values`] ([`Field::from_value`]), without the per-column copy
+    /// kept for the error. `None` at the first value that does not fit its field; the
+    /// source knows which column that was, and the caller builds the [`ValueError`].
+    fn read_values<S: ValueSource>(src: &mut S) -> Option<Self>;
 }
 
 /// A row type of an APDB table.
@@ -412,6 +427,12 @@ macro_rules! record {
                     $( $field: record!(@take prefix, it, $ty, $col, $kind), )*
                 })
             }
+            #[inline]
+            fn read_values<S: ValueSource>(src: &mut S) -> Option<Self> {
+                Some(Self {
+                    $( $field: record!(@read src, $ty, $kind), )*
+                })
+            }
         }
 
         $( impl Record for $name {
@@ -440,6 +461,12 @@ macro_rules! record {
     };
     (@take $prefix:ident, $it:ident, $ty:ty, $col:literal, $kind:ident) => {
         take::<$ty>($prefix, $col, $it)?
+    };
+    (@read $src:ident, $ty:ty, flatten) => {
+        <$ty as Fields>::read_values($src)?
+    };
+    (@read $src:ident, $ty:ty, $kind:ident) => {
+        <$ty as Field>::from_value($src.next_value())?
     };
 }
 
@@ -757,6 +784,14 @@ impl Fields for Bands {
             out[i] = BandStats::take_values(&format!("{prefix}{b}_"), it)?;
         }
         Ok(Self(out))
+    }
+    #[inline]
+    fn read_values<S: ValueSource>(src: &mut S) -> Option<Self> {
+        let mut out: [BandStats; 6] = Default::default();
+        for s in out.iter_mut() {
+            *s = BandStats::read_values(src)?;
+        }
+        Some(Self(out))
     }
 }
 
@@ -1158,6 +1193,42 @@ mod tests {
         assert!(s.to_values().iter().all(|v| *v != Value::Null));
         check_visit_types(&full::<DiaObject>());
         check_visit_types(&full::<DiaForcedSource>());
+    }
+
+    /// Values handed out one at a time, as a backend's row reader does.
+    struct Cells(std::vec::IntoIter<Value>);
+
+    impl ValueSource for Cells {
+        fn next_value(&mut self) -> Value {
+            self.0.next().unwrap_or(Value::Null)
+        }
+    }
+
+    #[test]
+    fn read_values_builds_the_same_records_as_from_values() {
+        let mut s = DiaSource {
+            dia_source_id: DiaSourceId(42),
+            dia_object_id: Some(DiaObjectId(42)),
+            midpoint_mjd_tai: MjdTai(61000.5),
+            psf_flux: Some(1234.5),
+            band: "r".into(),
+            ..Default::default()
+        };
+        s.is_dipole = Some(true);
+        let read = |v: Vec<Value>| DiaSource::read_values(&mut Cells(v.into_iter()));
+        assert_eq!(read(s.to_values()), Some(s.clone()));
+        let mut o = DiaObject::default();
+        o.bands.get_mut("y").unwrap().fp_flux_mean = Some(-3.0);
+        assert_eq!(
+            DiaObject::read_values(&mut Cells(o.to_values().into_iter())),
+            Some(o)
+        );
+        // A value that does not fit stops the read where it is.
+        let mut v = s.to_values();
+        v[2] = Value::String("x".into());
+        let mut cells = Cells(v.into_iter());
+        assert_eq!(DiaSource::read_values(&mut cells), None);
+        assert_eq!(cells.0.len(), DiaSource::columns().len() - 3);
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!    (12 months) plus the new sources: position, per-band PSF-flux statistics and
 //!    forced-flux means ([`summarize`]).
 //!
+//! Steps 1–3 need only the region's DiaObjects ([`match_sources`]); step 4
+//! ([`update_objects`]) needs the history of the DiaObjects matched
+//! ([`Association::history_objects`]), so a caller can read just that history in
+//! between. [`associate`] does both.
+//!
 //! Everything is pure: no I/O. Statistics follow Rubin's `DiaObject` definitions
 //! (inverse-variance weighted means; LSE-163 §3.3.1).
 
@@ -69,9 +74,11 @@ pub struct AssociationInput<'a> {
     pub sources: &'a [DiaSource],
     /// DiaObjects of the region (detector polygon + margin), latest versions.
     pub objects: &'a [DiaObjectLast],
-    /// DiaSources of those objects in the history window (before `visit_time`).
+    /// DiaSources in the history window (before `visit_time`) of those objects, or at
+    /// least of the ones the sources match ([`Association::history_objects`]);
+    /// [`match_sources`] does not read it.
     pub history_sources: &'a [DiaSource],
-    /// Forced sources of those objects in the history window.
+    /// Forced sources in the history window of the same objects.
     pub history_forced: &'a [DiaForcedSource],
     /// Predicted solar-system positions in the footprint.
     pub predictions: &'a [SsPrediction],
@@ -118,8 +125,29 @@ fn one_to_one(mut pairs: Vec<(f64, usize, usize)>, na: usize, nb: usize) -> Vec<
     out
 }
 
-/// Associates one detector's sources; see the module docs.
+impl Association {
+    /// The existing DiaObjects matched by this detector's sources, sorted: the only
+    /// ones whose history [`update_objects`] reads (DiaObjects created by this visit
+    /// have none, and the region's other DiaObjects get no new version).
+    pub fn history_objects(&self) -> Vec<DiaObjectId> {
+        let mut ids: Vec<DiaObjectId> = self.matched.iter().map(|(_, o)| *o).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Associates one detector's sources; see the module docs. [`match_sources`] then
+/// [`update_objects`].
 pub fn associate(input: &AssociationInput<'_>, config: &AssociationConfig) -> Association {
+    let mut a = match_sources(input, config);
+    update_objects(&mut a, input);
+    a
+}
+
+/// Steps 1–3 of the module docs: every source gets its `ssObjectId` or `diaObjectId`
+/// (matched or created); `objects` is left empty. Reads no history.
+pub fn match_sources(input: &AssociationInput<'_>, config: &AssociationConfig) -> Association {
     let mut sources = input.sources.to_vec();
     let n = sources.len();
     let mut taken = vec![false; n];
@@ -166,21 +194,7 @@ pub fn associate(input: &AssociationInput<'_>, config: &AssociationConfig) -> As
         }
     }
 
-    // 3. Ids; 4. statistics.
-    let mut hist: HashMap<DiaObjectId, Vec<&DiaSource>> = HashMap::new();
-    for s in input.history_sources {
-        if let Some(o) = s.dia_object_id
-            && s.midpoint_mjd_tai.0 < input.visit_time.0
-        {
-            hist.entry(o).or_default().push(s);
-        }
-    }
-    let mut forced: HashMap<DiaObjectId, Vec<&DiaForcedSource>> = HashMap::new();
-    for f in input.history_forced {
-        if f.midpoint_mjd_tai.0 < input.visit_time.0 {
-            forced.entry(f.dia_object_id).or_default().push(f);
-        }
-    }
+    // 3. Ids.
     for (i, s) in sources.iter_mut().enumerate() {
         if taken[i] {
             continue;
@@ -200,9 +214,32 @@ pub fn associate(input: &AssociationInput<'_>, config: &AssociationConfig) -> As
         s.dia_object_id = Some(id);
         s.ss_object_id = None;
     }
+    out.sources = sources;
+    out
+}
+
+/// Step 4 of the module docs: a new version of every DiaObject that got a source in
+/// `out` (from [`match_sources`] on the same `input`), recomputed from its history in
+/// `input` and the new sources, into `out.objects` (replacing what was there).
+pub fn update_objects(out: &mut Association, input: &AssociationInput<'_>) {
+    out.objects.clear();
+    let mut hist: HashMap<DiaObjectId, Vec<&DiaSource>> = HashMap::new();
+    for s in input.history_sources {
+        if let Some(o) = s.dia_object_id
+            && s.midpoint_mjd_tai.0 < input.visit_time.0
+        {
+            hist.entry(o).or_default().push(s);
+        }
+    }
+    let mut forced: HashMap<DiaObjectId, Vec<&DiaForcedSource>> = HashMap::new();
+    for f in input.history_forced {
+        if f.midpoint_mjd_tai.0 < input.visit_time.0 {
+            forced.entry(f.dia_object_id).or_default().push(f);
+        }
+    }
     let mut order: Vec<DiaObjectId> = Vec::new();
     let mut new_by_object: HashMap<DiaObjectId, Vec<&DiaSource>> = HashMap::new();
-    for s in sources.iter().filter(|s| s.ss_object_id.is_none()) {
+    for s in out.sources.iter().filter(|s| s.ss_object_id.is_none()) {
         let id = s.dia_object_id.expect("set above");
         if !new_by_object.contains_key(&id) {
             order.push(id);
@@ -231,8 +268,6 @@ pub fn associate(input: &AssociationInput<'_>, config: &AssociationConfig) -> As
         }
         out.objects.push(obj);
     }
-    out.sources = sources;
-    out
 }
 
 /// Weighted statistics of one band's measurements `(time d, flux nJy, error nJy)`.
@@ -548,6 +583,84 @@ mod tests {
         assert_eq!(out.sources[1].ss_object_id, Some(9));
         assert_eq!(out.sources[1].dia_object_id, None);
         assert_eq!(out.objects.len(), 1);
+    }
+
+    #[test]
+    fn matched_objects_history_alone_gives_the_same_association() {
+        // Objects 1 and 2 are matched, 3 (in the region, with history) is not; one
+        // source creates an object and one goes to a solar-system object.
+        let sources = [
+            src(0, 10.0, 0.0),
+            src(1, 11.0, 0.0),
+            src(2, 12.0, 0.0),
+            src(3, 13.0, 0.0),
+        ];
+        let objects = [obj(1, 10.0, 0.0), obj(2, 11.0, 0.0), obj(3, 14.0, 0.0)];
+        let v = VisitId::new(20261121, 1).unwrap();
+        let old = |o: i64, k: u32, t: f64| DiaSource {
+            dia_source_id: DiaSourceId::new(v, DetectorId(1), k).unwrap(),
+            dia_object_id: Some(DiaObjectId(o)),
+            midpoint_mjd_tai: MjdTai(t),
+            psf_flux: Some(50.0 + k as f32),
+            ..src(k, 10.0 + (o - 1) as f64, 0.0)
+        };
+        let history: Vec<DiaSource> = (0..9)
+            .map(|k| old(1 + i64::from(k % 3), k, 60990.0 + f64::from(k)))
+            .collect();
+        let forced: Vec<DiaForcedSource> = (0..6)
+            .map(|k| DiaForcedSource {
+                dia_forced_source_id: i64::from(k),
+                dia_object_id: DiaObjectId(1 + i64::from(k % 3)),
+                midpoint_mjd_tai: MjdTai(60995.0 + f64::from(k)),
+                psf_flux: Some(20.0),
+                psf_flux_err: Some(5.0),
+                band: "g".into(),
+                ..Default::default()
+            })
+            .collect();
+        let preds = [SsPrediction {
+            ss_object_id: 7,
+            ra: 13.0,
+            dec: 0.0,
+        }];
+        let input = AssociationInput {
+            visit_time: MjdTai(61000.0),
+            sources: &sources,
+            objects: &objects,
+            history_sources: &history,
+            history_forced: &forced,
+            predictions: &preds,
+        };
+        let cfg = AssociationConfig::default();
+        let whole = associate(&input, &cfg);
+
+        let mut split = match_sources(&input, &cfg);
+        let ids = split.history_objects();
+        assert_eq!(ids, vec![DiaObjectId(1), DiaObjectId(2)]);
+        let hs: Vec<DiaSource> = history
+            .iter()
+            .filter(|s| ids.contains(&s.dia_object_id.unwrap()))
+            .cloned()
+            .collect();
+        let hf: Vec<DiaForcedSource> = forced
+            .iter()
+            .filter(|f| ids.contains(&f.dia_object_id))
+            .cloned()
+            .collect();
+        update_objects(
+            &mut split,
+            &AssociationInput {
+                history_sources: &hs,
+                history_forced: &hf,
+                ..input
+            },
+        );
+        assert_eq!(split, whole);
+        assert_eq!(whole.objects.len(), 3, "two matched, one created");
+        assert_eq!(
+            whole.objects[0].n_dia_sources, 4,
+            "3 earlier + this visit's"
+        );
     }
 
     #[test]

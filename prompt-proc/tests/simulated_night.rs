@@ -191,6 +191,26 @@ async fn process(apdb: &AnyApdb, k: u32) -> (StoreBatch, StoreReport) {
     )
     .await
     .unwrap();
+    // Only the matched DiaObjects' history is read, and all of it that the window
+    // holds: every history row belongs to a DiaObject of this visit's sources.
+    let ours: std::collections::HashSet<DiaObjectId> = a
+        .batch
+        .sources
+        .iter()
+        .filter_map(|s| s.dia_object_id)
+        .collect();
+    assert!(
+        a.history_sources
+            .iter()
+            .all(|s| s.dia_object_id.is_some_and(|o| ours.contains(&o))),
+        "visit {k}: history of an unmatched DiaObject read"
+    );
+    assert!(
+        a.history_forced
+            .iter()
+            .all(|f| ours.contains(&f.dia_object_id)),
+        "visit {k}: forced history of an unmatched DiaObject read"
+    );
     (a.batch, a.report)
 }
 

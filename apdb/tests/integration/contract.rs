@@ -87,7 +87,7 @@ pub fn forced(
 }
 
 /// A batch of `n` new objects, each with one source, at random positions on `det`.
-fn random_batch(
+pub fn random_batch(
     rng: &mut ChaCha8Rng,
     v: VisitId,
     det: u16,
