@@ -2,7 +2,9 @@
 //! alerts`), timed by wall clock and by the thread's own CPU time. The produce part
 //! (`apflow bench alerts-produce`): pre-serialised alerts of realistic size put on the
 //! wire by [`crate::producer::AlertProducer`], against the same bytes sent by the
-//! plainest rdkafka loop (the time the broker needs to accept them).
+//! plainest rdkafka loop (the time the broker needs to accept them); and end to end,
+//! each detector encoding its packets from [`AlertInput`](crate::packet::AlertInput)s
+//! before sending them ([`packet_alerts`], `produce_all` with `encode`).
 //!
 //! The messages are synthetic but shaped like alerts: a Confluent header, a few
 //! `long`/`double` fields, then three cutouts of big-endian `float32` pixels (as in
@@ -72,6 +74,46 @@ pub fn synthetic_alerts(
     out
 }
 
+/// `n` real alert packets spread over `detectors` detectors as in
+/// [`synthetic_alerts`] (same ids): alert `i` is `inputs[i % inputs.len()]` encoded
+/// (shared buffers, one per distinct input), keyed by its unique id. The packets'
+/// own `diaSourceId` repeats with the inputs; only the keys are unique.
+pub fn packet_alerts(
+    inputs: &[crate::packet::AlertInput],
+    n: usize,
+    detectors: u16,
+) -> Result<Vec<(DetectorId, Vec<FramedAlert>)>, crate::packet::PacketError> {
+    let mut enc = crate::packet::AlertEncoder::new();
+    let pool = inputs
+        .iter()
+        .map(|a| enc.to_framed(a).map(bytes::Bytes::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let detectors = detectors.max(1);
+    let mut out: Vec<(DetectorId, Vec<FramedAlert>)> = (0..detectors)
+        .map(|d| (DetectorId(d), Vec::new()))
+        .collect();
+    if pool.is_empty() {
+        return Ok(out);
+    }
+    for i in 0..n {
+        let d = i % detectors as usize;
+        let counter = (i / detectors as usize) as u32;
+        let id = DiaSourceId::new(bench_visit(), DetectorId(d as u16), counter)
+            .expect("bench ids fit")
+            .0;
+        out[d].1.push(FramedAlert {
+            dia_source_id: id,
+            framed: pool[i % pool.len()].clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// The input alert `k` of detector number `d` of [`packet_alerts`] was encoded from.
+fn packet_input(d: usize, k: usize, detectors: usize, inputs: usize) -> usize {
+    (k * detectors + d) % inputs
+}
+
 pub use apflow_core::time::thread_cpu_seconds;
 
 /// What the serialisation benchmark measured.
@@ -135,7 +177,7 @@ pub fn serialise(
 }
 
 #[cfg(feature = "kafka")]
-pub use self::kafka::{ProduceFigures, baseline_produce, produce_all};
+pub use self::kafka::{BenchError, ProduceFigures, baseline_produce, produce_all};
 
 #[cfg(feature = "kafka")]
 mod kafka {
@@ -145,9 +187,11 @@ mod kafka {
     use apflow_core::bus::kafka::create_topics;
     use apflow_core::bus::{KafkaConfig, TopicSpec};
     use apflow_core::ids::DetectorId;
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     use crate::ledger::Ledger;
+    use crate::packet::{AlertEncoder, AlertInput, PacketError};
     use crate::producer::{
         AlertProducer, DetectorAlerts, FramedAlert, ProduceError, ProducerConfig,
     };
@@ -174,30 +218,66 @@ mod kafka {
         }
     }
 
+    /// Why a produce run failed.
+    #[derive(Debug, thiserror::Error)]
+    pub enum BenchError {
+        /// Producing failed.
+        #[error(transparent)]
+        Produce(#[from] ProduceError),
+        /// Encoding an input failed.
+        #[error(transparent)]
+        Packet(#[from] PacketError),
+    }
+
     /// Produces every detector's alerts through [`AlertProducer`] (ledger in memory),
     /// all detectors at once as a visit's detectors finish together; creates the topic
-    /// first (not timed).
+    /// first (not timed). With `encode` (the inputs `detectors` came from through
+    /// [`super::packet_alerts`]), each detector first encodes its packets afresh from
+    /// those inputs inside the timed span — serialise + produce, end to end.
     pub async fn produce_all(
         brokers: &str,
         kafka: &KafkaConfig,
         config: &ProducerConfig,
         detectors: &[(DetectorId, Vec<FramedAlert>)],
-    ) -> Result<ProduceFigures, ProduceError> {
-        let ledger = Arc::new(Ledger::in_memory()?);
+        encode: Option<&[AlertInput]>,
+    ) -> Result<ProduceFigures, BenchError> {
+        let ledger = Arc::new(Ledger::in_memory().map_err(ProduceError::from)?);
         let producer = AlertProducer::new(brokers, kafka, config, 11, ledger)?;
         producer.ensure_topic().await?;
         let visit = super::bench_visit();
         let shutter_close = chrono::Utc::now();
+        let n_detectors = detectors.len();
+        let producer = &producer;
         let started = Instant::now();
-        let reports = futures::future::join_all(detectors.iter().map(|(d, alerts)| {
-            producer.send_detector(DetectorAlerts {
-                visit,
-                detector: *d,
-                shutter_close,
-                readout_end: shutter_close,
-                alerts,
-            })
-        }))
+        let reports = futures::future::join_all(detectors.iter().enumerate().map(
+            |(d, (detector, alerts))| async move {
+                let fresh = match encode {
+                    None => None,
+                    Some(inputs) => {
+                        let mut enc = AlertEncoder::new();
+                        let mut fresh = Vec::with_capacity(alerts.len());
+                        for (k, a) in alerts.iter().enumerate() {
+                            let i = super::packet_input(d, k, n_detectors, inputs.len());
+                            fresh.push(FramedAlert {
+                                dia_source_id: a.dia_source_id,
+                                framed: enc.to_framed(&inputs[i])?.into(),
+                            });
+                        }
+                        Some(fresh)
+                    }
+                };
+                let report = producer
+                    .send_detector(DetectorAlerts {
+                        visit,
+                        detector: *detector,
+                        shutter_close,
+                        readout_end: shutter_close,
+                        alerts: fresh.as_deref().unwrap_or(alerts),
+                    })
+                    .await?;
+                Ok::<_, BenchError>(report)
+            },
+        ))
         .await;
         let seconds = started.elapsed().as_secs_f64();
         let mut f = ProduceFigures {
@@ -213,9 +293,10 @@ mod kafka {
         Ok(f)
     }
 
-    /// The same bytes through a bare `FutureProducer` with the producer's own client
-    /// settings: no key formatting, headers, ledger or metrics — the floor set by
-    /// librdkafka and the broker. Creates `topic` (with the configured partitions)
+    /// The same records (value, decimal key, the three timestamp headers) through a
+    /// bare `FutureProducer` with the producer's own client settings, one loop in
+    /// order: no per-detector tasks, ledger or metrics — the floor set by librdkafka
+    /// and the broker. Creates `topic` (with the configured partitions)
     /// first when missing (not timed).
     pub async fn baseline_produce(
         brokers: &str,
@@ -245,11 +326,27 @@ mod kafka {
             bytes: 0,
             seconds: 0.0,
         };
+        // The records apflow sends: decimal key and its three timestamp headers (the
+        // broker stores headers record by record, so they are part of its work).
+        let stamp = chrono::Utc::now().timestamp_millis().to_string();
         for a in detectors.iter().flat_map(|d| &d.1) {
-            let key = a.dia_source_id.to_be_bytes();
+            let key = a.dia_source_id.to_string();
+            let headers = [
+                "producer_timestamp",
+                "shutter_close_timestamp",
+                "readout_end_timestamp",
+            ]
+            .into_iter()
+            .fold(OwnedHeaders::new_with_capacity(3), |h, key| {
+                h.insert(Header {
+                    key,
+                    value: Some(stamp.as_bytes()),
+                })
+            });
             let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-                .key(&key[..])
-                .payload(&a.framed[..]);
+                .key(key.as_bytes())
+                .payload(&a.framed[..])
+                .headers(headers);
             loop {
                 match producer.send_result(record) {
                     Ok(fut) => {

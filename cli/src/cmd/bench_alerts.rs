@@ -24,13 +24,38 @@ pub struct AlertsProduceArgs {
     /// Broker (`host:port`); default: the bus URL when it is kafka://.
     #[arg(long)]
     pub brokers: Option<String>,
-    /// Skip the bare-rdkafka baseline.
-    #[arg(long)]
-    pub no_baseline: bool,
-    /// Run the baseline before apflow's producer for each setting (the broker's
-    /// storage grows with each run, so the order can favour the first).
-    #[arg(long, conflicts_with = "no_baseline")]
-    pub baseline_first: bool,
+    /// The runs for each compression setting, in order: `apflow` (apflow's alert
+    /// producer) and `baseline` (a bare rdkafka loop on the same bytes: how long the
+    /// broker needs to accept them). The broker's storage grows with every run, which
+    /// favours the first; for a fair comparison run each alone on a fresh broker.
+    #[arg(long, value_delimiter = ',', default_value = "apflow,baseline")]
+    pub runs: Vec<ProduceRun>,
+    /// What is sent: `synthetic` (alert-shaped noise of `--size` bytes) or `packets`
+    /// (real ~92 KB alert packets, 30 px FITS cutouts, 10 previous DiaSources, 20
+    /// forced sources, cycled from 256 fixed-seed inputs; needed by `end-to-end`).
+    #[arg(long, value_enum, default_value = "synthetic")]
+    pub payload: Payload,
+}
+
+/// What `bench alerts-produce` sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Payload {
+    /// Alert-shaped noise of `--size` bytes.
+    Synthetic,
+    /// Real alert packets.
+    Packets,
+}
+
+/// One run of `bench alerts-produce`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProduceRun {
+    /// apflow's alert producer (189 detectors at once, ledger, headers, metrics).
+    Apflow,
+    /// A bare rdkafka loop with the same client settings.
+    Baseline,
+    /// apflow end to end: each detector encodes its packets from their inputs, then
+    /// sends them through apflow's producer (`--payload packets`).
+    EndToEnd,
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -40,7 +65,9 @@ pub async fn run(_: AlertsProduceArgs, _: &crate::config::AppConfig) -> anyhow::
 
 #[cfg(feature = "kafka")]
 pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> anyhow::Result<()> {
-    use apflow_alert_dist::bench::{baseline_produce, produce_all, synthetic_alerts};
+    use apflow_alert_dist::bench::{
+        baseline_produce, packet_alerts, produce_all, synthetic_alerts,
+    };
     use apflow_alert_dist::producer::{Compression, ProducerConfig};
 
     let brokers = match args.brokers {
@@ -58,7 +85,17 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
         .iter()
         .map(|c| c.parse::<Compression>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let detectors = synthetic_alerts(args.messages, args.size, args.detectors, 256, 2026);
+    let inputs = match args.payload {
+        Payload::Packets => apflow_alert_dist::synth::alert_inputs(42, 256),
+        Payload::Synthetic if args.runs.contains(&ProduceRun::EndToEnd) => {
+            anyhow::bail!("--runs end-to-end needs --payload packets (real packets to encode)")
+        }
+        Payload::Synthetic => Vec::new(),
+    };
+    let detectors = match args.payload {
+        Payload::Synthetic => synthetic_alerts(args.messages, args.size, args.detectors, 256, 2026),
+        Payload::Packets => packet_alerts(&inputs, args.messages, args.detectors)?,
+    };
     let total_mb = detectors
         .iter()
         .flat_map(|d| &d.1)
@@ -66,17 +103,18 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
         .sum::<usize>() as f64
         / 1e6;
     println!(
-        "alerts produce — {} pre-serialised alerts × {} B ({total_mb:.0} MB), {} detectors, {} partitions, broker {brokers}",
-        args.messages, args.size, args.detectors, args.partitions
+        "alerts produce — {} alerts, {total_mb:.0} MB ({:?} payload), {} detectors, {} partitions, broker {brokers}",
+        args.messages, args.payload, args.detectors, args.partitions
     );
     println!(
-        "  {:<8} {:>9} {:>10} {:>9}   {:>13} {:>10} {:>9}  {:>6}",
-        "compr.", "apflow s", "alerts/s", "MB/s", "bare rdkafka s", "alerts/s", "MB/s", "ratio"
+        "  {:<8} {:<9} {:>9} {:>10} {:>9} {:>13}",
+        "compr.", "run", "seconds", "alerts/s", "MB/s", "client CPU s"
     );
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos()
         % 1_000_000_000;
+    let cpu_now = apflow_core::time::process_cpu_seconds;
     for c in compressions {
         let pc = ProducerConfig {
             topic_template: format!("bench-alerts-{nanos}-{}-v{{major}}", c.as_str()),
@@ -86,42 +124,50 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
         };
         // Each run has its own topic: apflow's `…-v11`, the baseline's `…-v11-bare`.
         let bare_topic = format!("{}-bare", pc.topic(11));
-        let baseline =
-            || baseline_produce(&brokers, &config.bus.kafka, &pc, &bare_topic, &detectors);
-        let (ours, base) = if args.no_baseline {
-            (
-                produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?,
-                None,
-            )
-        } else if args.baseline_first {
-            let base = baseline().await?;
-            (
-                produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?,
-                Some(base),
-            )
-        } else {
-            let ours = produce_all(&brokers, &config.bus.kafka, &pc, &detectors).await?;
-            (ours, Some(baseline().await?))
-        };
-        match base {
-            Some(b) => println!(
-                "  {:<8} {:>9.2} {:>10.0} {:>9.1}   {:>13.2} {:>10.0} {:>9.1}  {:>6.2}",
+        let (mut ours, mut base, mut e2e) = (None, None, None);
+        for &run in &args.runs {
+            let cpu0 = cpu_now();
+            let f = match run {
+                ProduceRun::Apflow => {
+                    produce_all(&brokers, &config.bus.kafka, &pc, &detectors, None).await?
+                }
+                ProduceRun::EndToEnd => {
+                    produce_all(&brokers, &config.bus.kafka, &pc, &detectors, Some(&inputs)).await?
+                }
+                ProduceRun::Baseline => {
+                    baseline_produce(&brokers, &config.bus.kafka, &pc, &bare_topic, &detectors)
+                        .await?
+                }
+            };
+            let cpu = cpu0.zip(cpu_now()).map_or(f64::NAN, |(a, b)| b - a);
+            let name = match run {
+                ProduceRun::Apflow => "apflow",
+                ProduceRun::Baseline => "baseline",
+                ProduceRun::EndToEnd => "end-to-end",
+            };
+            println!(
+                "  {:<8} {name:<9} {:>9.2} {:>10.0} {:>9.1} {cpu:>13.2}",
                 c.as_str(),
-                ours.seconds,
-                ours.alerts_per_s(),
-                ours.mb_per_s(),
-                b.seconds,
-                b.alerts_per_s(),
-                b.mb_per_s(),
-                ours.seconds / b.seconds
-            ),
-            None => println!(
-                "  {:<8} {:>9.2} {:>10.0} {:>9.1}",
-                c.as_str(),
-                ours.seconds,
-                ours.alerts_per_s(),
-                ours.mb_per_s()
-            ),
+                f.seconds,
+                f.alerts_per_s(),
+                f.mb_per_s()
+            );
+            match run {
+                ProduceRun::Apflow => ours = Some(f),
+                ProduceRun::Baseline => base = Some(f),
+                ProduceRun::EndToEnd => e2e = Some(f),
+            }
+        }
+        if let Some(b) = base {
+            for (name, f) in [("apflow", ours), ("end-to-end", e2e)] {
+                if let Some(f) = f {
+                    println!(
+                        "  {:<8} {name} / baseline: {:.2}",
+                        c.as_str(),
+                        f.seconds / b.seconds
+                    );
+                }
+            }
         }
     }
     Ok(())
