@@ -56,10 +56,20 @@ pub fn synthetic_alerts(
             framed.into()
         })
         .collect();
+    spread(&pool, n, detectors)
+}
+
+/// `n` alerts dealt round-robin to `detectors` detectors of [`bench_visit`]: alert `i`
+/// goes to detector `i % detectors` with the next counter of that detector's ids, and
+/// carries `pool[i % pool.len()]` (a shared buffer). Nothing when `pool` is empty.
+fn spread(pool: &[bytes::Bytes], n: usize, detectors: u16) -> Vec<(DetectorId, Vec<FramedAlert>)> {
     let detectors = detectors.max(1);
     let mut out: Vec<(DetectorId, Vec<FramedAlert>)> = (0..detectors)
         .map(|d| (DetectorId(d), Vec::new()))
         .collect();
+    if pool.is_empty() {
+        return out;
+    }
     for i in 0..n {
         let d = i % detectors as usize;
         let counter = (i / detectors as usize) as u32;
@@ -88,28 +98,11 @@ pub fn packet_alerts(
         .iter()
         .map(|a| enc.to_framed(a).map(bytes::Bytes::from))
         .collect::<Result<Vec<_>, _>>()?;
-    let detectors = detectors.max(1);
-    let mut out: Vec<(DetectorId, Vec<FramedAlert>)> = (0..detectors)
-        .map(|d| (DetectorId(d), Vec::new()))
-        .collect();
-    if pool.is_empty() {
-        return Ok(out);
-    }
-    for i in 0..n {
-        let d = i % detectors as usize;
-        let counter = (i / detectors as usize) as u32;
-        let id = DiaSourceId::new(bench_visit(), DetectorId(d as u16), counter)
-            .expect("bench ids fit")
-            .0;
-        out[d].1.push(FramedAlert {
-            dia_source_id: id,
-            framed: pool[i % pool.len()].clone(),
-        });
-    }
-    Ok(out)
+    Ok(spread(&pool, n, detectors))
 }
 
-/// The input alert `k` of detector number `d` of [`packet_alerts`] was encoded from.
+/// The input alert `k` of detector number `d` of [`packet_alerts`] was encoded from
+/// (the inverse of [`spread`]'s dealing).
 fn packet_input(d: usize, k: usize, detectors: usize, inputs: usize) -> usize {
     (k * detectors + d) % inputs
 }
@@ -414,6 +407,30 @@ mod tests {
         if let Some(c) = f.cpu_seconds {
             assert!(c > 0.0);
         }
+    }
+
+    #[test]
+    fn packet_alerts_deal_real_packets_that_packet_input_finds_again() {
+        let inputs = crate::synth::alert_inputs(42, 3);
+        let dealt = packet_alerts(&inputs, 10, 4).unwrap();
+        assert_eq!(dealt.len(), 4);
+        let mut enc = crate::packet::AlertEncoder::new();
+        let mut ids = std::collections::BTreeSet::new();
+        for (d, (_, alerts)) in dealt.iter().enumerate() {
+            // 10 alerts over 4 detectors: 3, 3, 2, 2.
+            assert_eq!(alerts.len(), if d < 2 { 3 } else { 2 });
+            for (k, a) in alerts.iter().enumerate() {
+                let want = enc.to_framed(&inputs[packet_input(d, k, 4, 3)]).unwrap();
+                assert_eq!(&a.framed[..], &want[..], "detector {d} alert {k}");
+                assert!(ids.insert(a.dia_source_id), "keys are unique");
+            }
+        }
+        assert!(
+            packet_alerts(&[], 10, 4)
+                .unwrap()
+                .iter()
+                .all(|d| d.1.is_empty())
+        );
     }
 
     #[test]
