@@ -177,8 +177,7 @@ mod kafka {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use apflow_core::bus::kafka::create_topics;
-    use apflow_core::bus::{KafkaConfig, TopicSpec};
+    use apflow_core::bus::KafkaConfig;
     use apflow_core::ids::DetectorId;
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -186,7 +185,8 @@ mod kafka {
     use crate::ledger::Ledger;
     use crate::packet::{AlertEncoder, AlertInput, PacketError};
     use crate::producer::{
-        AlertProducer, DetectorAlerts, FramedAlert, ProduceError, ProducerConfig,
+        AlertProducer, DetectorAlerts, FramedAlert, PRODUCER_TIMESTAMP_HEADER, ProduceError,
+        ProducerConfig, READOUT_END_HEADER, SHUTTER_CLOSE_HEADER, ensure_topic,
     };
 
     /// Alerts, bytes and seconds of one run.
@@ -302,16 +302,7 @@ mod kafka {
             crate::producer::kafka::client_config(brokers, kafka, config)?
                 .create()
                 .map_err(|e| ProduceError::Config(e.to_string()))?;
-        let spec = TopicSpec {
-            name: topic.to_owned(),
-            partitions: config.partitions,
-        };
-        create_topics(brokers, kafka, &[spec])
-            .await
-            .map_err(|e| ProduceError::Admin {
-                topic: topic.to_owned(),
-                reason: e.to_string(),
-            })?;
+        ensure_topic(brokers, kafka, topic, config.partitions).await?;
         let started = Instant::now();
         let mut pending = std::collections::VecDeque::new();
         let mut f = ProduceFigures {
@@ -325,9 +316,9 @@ mod kafka {
         for a in detectors.iter().flat_map(|d| &d.1) {
             let key = a.dia_source_id.to_string();
             let headers = [
-                "producer_timestamp",
-                "shutter_close_timestamp",
-                "readout_end_timestamp",
+                PRODUCER_TIMESTAMP_HEADER,
+                SHUTTER_CLOSE_HEADER,
+                READOUT_END_HEADER,
             ]
             .into_iter()
             .fold(OwnedHeaders::new_with_capacity(3), |h, key| {

@@ -41,7 +41,15 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 #[cfg(feature = "kafka")]
-pub use kafka::{AlertProducer, FramedSender, ProduceError, Sent, client_config};
+pub use kafka::{AlertProducer, FramedSender, ProduceError, Sent, client_config, ensure_topic};
+
+/// The header of every alert message: when apflow handed it to the client
+/// (milliseconds since the Unix epoch, decimal ASCII).
+pub const PRODUCER_TIMESTAMP_HEADER: &str = "producer_timestamp";
+/// The header of the alert's detector's shutter close (same encoding).
+pub const SHUTTER_CLOSE_HEADER: &str = "shutter_close_timestamp";
+/// The header of the alert's detector's end of readout (same encoding).
+pub const READOUT_END_HEADER: &str = "readout_end_timestamp";
 
 /// One alert ready for the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{DetectorAlerts, DetectorReport, FramedAlert, ProducerConfig};
+use super::{
+    DetectorAlerts, DetectorReport, FramedAlert, PRODUCER_TIMESTAMP_HEADER, ProducerConfig,
+    READOUT_END_HEADER, SHUTTER_CLOSE_HEADER,
+};
 use crate::ledger::{Ledger, LedgerError};
 use crate::metrics;
 
@@ -103,6 +106,26 @@ pub fn client_config(
     Ok(c)
 }
 
+/// Creates `topic` with `partitions` partitions on `brokers` when it does not exist
+/// (the alert producer's topics, and the benchmark's baseline topic).
+pub async fn ensure_topic(
+    brokers: &str,
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ProduceError> {
+    let spec = TopicSpec {
+        name: topic.to_owned(),
+        partitions,
+    };
+    create_topics(brokers, kafka, &[spec])
+        .await
+        .map_err(|e| ProduceError::Admin {
+            topic: topic.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 impl AlertProducer {
     /// A producer to `brokers` for the topic of schema major version `major`, with the
     /// bus's connection and security settings `kafka` and the ledger `ledger`.
@@ -132,16 +155,13 @@ impl AlertProducer {
 
     /// Creates the topic when it does not exist.
     pub async fn ensure_topic(&self) -> Result<(), ProduceError> {
-        let spec = TopicSpec {
-            name: self.topic.clone(),
-            partitions: self.config.partitions,
-        };
-        create_topics(&self.brokers, &self.kafka, &[spec])
-            .await
-            .map_err(|e| ProduceError::Admin {
-                topic: self.topic.clone(),
-                reason: e.to_string(),
-            })
+        ensure_topic(
+            &self.brokers,
+            &self.kafka,
+            &self.topic,
+            self.config.partitions,
+        )
+        .await
     }
 
     /// Sends the alerts of one detector that the ledger does not record as sent, waits
@@ -176,8 +196,8 @@ impl AlertProducer {
                 batch.alerts,
                 todo,
                 &[
-                    ("shutter_close_timestamp", shutter_close.as_bytes()),
-                    ("readout_end_timestamp", readout_end.as_bytes()),
+                    (SHUTTER_CLOSE_HEADER, shutter_close.as_bytes()),
+                    (READOUT_END_HEADER, readout_end.as_bytes()),
                 ],
                 self.config.retries,
             )
@@ -355,7 +375,7 @@ impl FramedSender {
                 let _ = write!(keybuf, "{}", alert.dia_source_id);
                 let mut headers =
                     OwnedHeaders::new_with_capacity(1 + extra_headers.len()).insert(Header {
-                        key: "producer_timestamp",
+                        key: PRODUCER_TIMESTAMP_HEADER,
                         value: Some(stamp.as_bytes()),
                     });
                 for &(key, value) in extra_headers {

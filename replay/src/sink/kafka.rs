@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use apflow_alert_dist::producer::{FramedAlert, FramedSender, ProducerConfig, client_config};
-use apflow_core::bus::kafka::create_topics;
-use apflow_core::bus::{KafkaConfig, TopicSpec};
+use apflow_alert_dist::producer::{
+    FramedAlert, FramedSender, ProduceError, ProducerConfig, client_config, ensure_topic,
+};
+use apflow_core::bus::KafkaConfig;
 use apflow_core::ids::{DetectorId, VisitId};
 use rdkafka::producer::Producer;
 
@@ -59,15 +60,14 @@ impl KafkaSink {
         topic: &str,
         partitions: i32,
     ) -> Result<(), SinkError> {
-        let spec = TopicSpec {
-            name: topic.to_string(),
-            partitions,
-        };
-        create_topics(brokers, kafka, &[spec])
+        ensure_topic(brokers, kafka, topic, partitions)
             .await
             .map_err(|e| SinkError::Topic {
                 topic: topic.to_string(),
-                reason: e.to_string(),
+                reason: match e {
+                    ProduceError::Admin { reason, .. } => reason,
+                    other => other.to_string(),
+                },
             })
     }
 
