@@ -512,16 +512,18 @@ const LOOKUP_MAX_OBJECTS: usize = 1000;
 
 /// The history rows (`R`: DiaSource or DiaForcedSource) of `objects` inside `window`,
 /// stored in the partitions of `region`, unsorted: each object looked up through its
-/// index when `lookup`, else the region's pixels scanned.
+/// index when the database has those indexes (`object_index`) and there are at most
+/// [`LOOKUP_MAX_OBJECTS`] objects, else the region's pixels scanned.
 fn read_history<R: Record>(
     conn: &Connection,
     sql: &HistorySql,
     region: &Region,
     objects: &HashSet<i64>,
     window: TimeWindow,
-    lookup: bool,
+    object_index: bool,
     op: &'static str,
 ) -> Result<Vec<R>, ApdbError> {
+    let lookup = object_index && objects.len() <= LOOKUP_MAX_OBJECTS;
     // One read transaction: the whole read sees one snapshot.
     let tx = conn.unchecked_transaction().map_err(classify(op))?;
     let mut out = Vec::new();
@@ -604,7 +606,7 @@ impl Apdb for SqliteApdb {
     ) -> Result<Vec<DiaSource>, ApdbError> {
         let region = region.clone();
         let set: HashSet<i64> = objects.iter().map(|o| o.0).collect();
-        let lookup = self.inner.object_index && set.len() <= LOOKUP_MAX_OBJECTS;
+        let object_index = self.inner.object_index;
         self.read("dia_sources", move |conn, sql| {
             let mut v: Vec<DiaSource> = read_history(
                 conn,
@@ -612,7 +614,7 @@ impl Apdb for SqliteApdb {
                 &region,
                 &set,
                 window,
-                lookup,
+                object_index,
                 "dia_sources",
             )?;
             sort_history(&mut v);
@@ -629,7 +631,7 @@ impl Apdb for SqliteApdb {
     ) -> Result<Vec<DiaForcedSource>, ApdbError> {
         let region = region.clone();
         let set: HashSet<i64> = objects.iter().map(|o| o.0).collect();
-        let lookup = self.inner.object_index && set.len() <= LOOKUP_MAX_OBJECTS;
+        let object_index = self.inner.object_index;
         self.read("dia_forced_sources", move |conn, sql| {
             let mut v: Vec<DiaForcedSource> = read_history(
                 conn,
@@ -637,7 +639,7 @@ impl Apdb for SqliteApdb {
                 &region,
                 &set,
                 window,
-                lookup,
+                object_index,
                 "dia_forced_sources",
             )?;
             sort_history(&mut v);
