@@ -66,9 +66,10 @@ pub async fn run(_: AlertsProduceArgs, _: &crate::config::AppConfig) -> anyhow::
 #[cfg(feature = "kafka")]
 pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> anyhow::Result<()> {
     use apflow_alert_dist::bench::{
-        baseline_produce, packet_alerts, produce_all, synthetic_alerts,
+        ProduceFigures, baseline_produce, packet_alerts, produce_all, synthetic_alerts,
     };
     use apflow_alert_dist::producer::{Compression, ProducerConfig};
+    use clap::ValueEnum as _;
 
     let brokers = match args.brokers {
         Some(b) => b,
@@ -115,6 +116,10 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
         .as_nanos()
         % 1_000_000_000;
     let cpu_now = apflow_core::time::process_cpu_seconds;
+    let run_name = |run: ProduceRun| {
+        run.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned())
+    };
     for c in compressions {
         let pc = ProducerConfig {
             topic_template: format!("bench-alerts-{nanos}-{}-v{{major}}", c.as_str()),
@@ -122,29 +127,35 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
             compression: c,
             ..config.producer.clone()
         };
-        // Each run has its own topic: apflow's `…-v11`, the baseline's `…-v11-bare`.
-        let bare_topic = format!("{}-bare", pc.topic(11));
-        let (mut ours, mut base, mut e2e) = (None, None, None);
+        let mut done: Vec<(ProduceRun, ProduceFigures)> = Vec::new();
         for &run in &args.runs {
+            // Each run has its own topic, named after it (…-v11-apflow, …-v11-baseline).
+            let name = run_name(run);
+            let topic_pc = ProducerConfig {
+                topic_template: format!("{}-{name}", pc.topic_template),
+                ..pc.clone()
+            };
             let cpu0 = cpu_now();
             let f = match run {
                 ProduceRun::Apflow => {
-                    produce_all(&brokers, &config.bus.kafka, &pc, &detectors, None).await?
+                    produce_all(&brokers, &config.bus.kafka, &topic_pc, &detectors, None).await?
                 }
                 ProduceRun::EndToEnd => {
-                    produce_all(&brokers, &config.bus.kafka, &pc, &detectors, Some(&inputs)).await?
+                    produce_all(
+                        &brokers,
+                        &config.bus.kafka,
+                        &topic_pc,
+                        &detectors,
+                        Some(&inputs),
+                    )
+                    .await?
                 }
                 ProduceRun::Baseline => {
-                    baseline_produce(&brokers, &config.bus.kafka, &pc, &bare_topic, &detectors)
-                        .await?
+                    let topic = topic_pc.topic(11);
+                    baseline_produce(&brokers, &config.bus.kafka, &pc, &topic, &detectors).await?
                 }
             };
             let cpu = cpu0.zip(cpu_now()).map_or(f64::NAN, |(a, b)| b - a);
-            let name = match run {
-                ProduceRun::Apflow => "apflow",
-                ProduceRun::Baseline => "baseline",
-                ProduceRun::EndToEnd => "end-to-end",
-            };
             println!(
                 "  {:<8} {name:<9} {:>9.2} {:>10.0} {:>9.1} {cpu:>13.2}",
                 c.as_str(),
@@ -152,21 +163,16 @@ pub async fn run(args: AlertsProduceArgs, config: &crate::config::AppConfig) -> 
                 f.alerts_per_s(),
                 f.mb_per_s()
             );
-            match run {
-                ProduceRun::Apflow => ours = Some(f),
-                ProduceRun::Baseline => base = Some(f),
-                ProduceRun::EndToEnd => e2e = Some(f),
-            }
+            done.push((run, f));
         }
-        if let Some(b) = base {
-            for (name, f) in [("apflow", ours), ("end-to-end", e2e)] {
-                if let Some(f) = f {
-                    println!(
-                        "  {:<8} {name} / baseline: {:.2}",
-                        c.as_str(),
-                        f.seconds / b.seconds
-                    );
-                }
+        if let Some((_, b)) = done.iter().find(|(r, _)| *r == ProduceRun::Baseline) {
+            for (run, f) in done.iter().filter(|(r, _)| *r != ProduceRun::Baseline) {
+                println!(
+                    "  {:<8} {} / baseline: {:.2}",
+                    c.as_str(),
+                    run_name(*run),
+                    f.seconds / b.seconds
+                );
             }
         }
     }
