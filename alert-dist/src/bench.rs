@@ -183,10 +183,10 @@ mod kafka {
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     use crate::ledger::Ledger;
-    use crate::packet::{AlertEncoder, AlertInput, PacketError};
+    use crate::packet::{AlertInput, PacketError};
     use crate::producer::{
-        AlertProducer, DetectorAlerts, FramedAlert, PRODUCER_TIMESTAMP_HEADER, ProduceError,
-        ProducerConfig, READOUT_END_HEADER, SHUTTER_CLOSE_HEADER, ensure_topic,
+        AlertProducer, DetectorAlerts, Encoding, FramedAlert, PRODUCER_TIMESTAMP_HEADER,
+        ProduceError, ProducerConfig, READOUT_END_HEADER, SHUTTER_CLOSE_HEADER, ensure_topic,
     };
 
     /// Alerts, bytes and seconds of one run.
@@ -225,8 +225,9 @@ mod kafka {
     /// Produces every detector's alerts through [`AlertProducer`] (ledger in memory),
     /// all detectors at once as a visit's detectors finish together; creates the topic
     /// first (not timed). With `encode` (the inputs `detectors` came from through
-    /// [`super::packet_alerts`]), each detector first encodes its packets afresh from
-    /// those inputs inside the timed span — serialise + produce, end to end.
+    /// [`super::packet_alerts`]), the packets are encoded afresh from those inputs
+    /// inside the timed span, each as it is handed to the client ([`Encoding`]) —
+    /// serialise + produce, end to end; the pre-serialised bytes give only the keys.
     pub async fn produce_all(
         brokers: &str,
         kafka: &KafkaConfig,
@@ -244,30 +245,28 @@ mod kafka {
         let started = Instant::now();
         let reports = futures::future::join_all(detectors.iter().enumerate().map(
             |(d, (detector, alerts))| async move {
-                let fresh = match encode {
-                    None => None,
+                let batch = DetectorAlerts {
+                    visit,
+                    detector: *detector,
+                    shutter_close,
+                    readout_end: shutter_close,
+                    alerts,
+                };
+                let report = match encode {
+                    None => producer.send_detector(batch).await?,
+                    // Each packet encoded from its input as it is handed to the client.
                     Some(inputs) => {
-                        let mut enc = AlertEncoder::new();
-                        let mut fresh = Vec::with_capacity(alerts.len());
-                        for (k, a) in alerts.iter().enumerate() {
-                            let i = super::packet_input(d, k, n_detectors, inputs.len());
-                            fresh.push(FramedAlert {
-                                dia_source_id: a.dia_source_id,
-                                framed: enc.to_framed(&inputs[i])?.into(),
-                            });
-                        }
-                        Some(fresh)
+                        let keyed = (alerts.iter().enumerate())
+                            .map(|(k, a)| {
+                                let i = super::packet_input(d, k, n_detectors, inputs.len());
+                                (a.dia_source_id, &inputs[i])
+                            })
+                            .collect();
+                        producer
+                            .send_payloads(batch, &mut Encoding::keyed(keyed))
+                            .await?
                     }
                 };
-                let report = producer
-                    .send_detector(DetectorAlerts {
-                        visit,
-                        detector: *detector,
-                        shutter_close,
-                        readout_end: shutter_close,
-                        alerts: fresh.as_deref().unwrap_or(alerts),
-                    })
-                    .await?;
                 Ok::<_, BenchError>(report)
             },
         ))

@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 #[cfg(feature = "kafka")]
-pub use kafka::{AlertProducer, FramedSender, ProduceError, Sent, client_config, ensure_topic};
+pub use kafka::{
+    AlertProducer, Delivered, FramedSender, ProduceError, Sent, client_config, ensure_topic,
+};
 
 /// The header of every alert message: when apflow handed it to the client
 /// (milliseconds since the Unix epoch, decimal ASCII).
@@ -59,6 +61,95 @@ pub struct FramedAlert {
     /// The Confluent-framed Avro datum (`Bytes::from(vec)` takes a `Vec<u8>`
     /// without copying).
     pub framed: bytes::Bytes,
+}
+
+/// The alerts a producer sends, by index: already framed ([`Framed`]) or encoded on
+/// demand ([`Encoding`]). librdkafka copies a payload when it is handed over, so an
+/// implementation may hand out one buffer, overwritten for every alert.
+pub trait Payloads {
+    /// How many alerts.
+    fn len(&self) -> usize;
+    /// True when there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The `diaSourceId` of alert `i` (its message key).
+    fn dia_source_id(&self, i: usize) -> i64;
+    /// The Confluent-framed bytes of alert `i`, or why there are none (a reason that
+    /// names no alert: the caller adds the `diaSourceId`).
+    fn payload(&mut self, i: usize) -> Result<&[u8], String>;
+}
+
+/// Alerts already framed.
+#[derive(Clone, Copy, Debug)]
+pub struct Framed<'a>(pub &'a [FramedAlert]);
+
+impl Payloads for Framed<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn dia_source_id(&self, i: usize) -> i64 {
+        self.0[i].dia_source_id
+    }
+    fn payload(&mut self, i: usize) -> Result<&[u8], String> {
+        Ok(&self.0[i].framed)
+    }
+}
+
+/// Alerts encoded one at a time as the producer hands them to the client, into one
+/// reused buffer: the memory of a batch in flight is librdkafka's copies, bounded by
+/// its queue, not every packet of the batch at once (at Rubin's peak, 40,000 packets
+/// are ~3.3 GB, and first touching that much fresh memory costs seconds of kernel
+/// time). A retried alert is encoded again.
+#[derive(Debug)]
+pub struct Encoding<'a> {
+    alerts: Vec<(i64, &'a crate::packet::AlertInput)>,
+    encoder: crate::packet::AlertEncoder,
+    buf: Vec<u8>,
+    /// The alert whose encoding `buf` holds.
+    holds: Option<usize>,
+}
+
+impl<'a> Encoding<'a> {
+    /// Alerts keyed by the given `diaSourceId`s.
+    pub fn keyed(alerts: Vec<(i64, &'a crate::packet::AlertInput)>) -> Self {
+        Self {
+            alerts,
+            encoder: crate::packet::AlertEncoder::new(),
+            buf: Vec::new(),
+            holds: None,
+        }
+    }
+
+    /// Alerts keyed by their triggering DiaSource.
+    pub fn of(inputs: &'a [crate::packet::AlertInput]) -> Self {
+        Self::keyed(
+            inputs
+                .iter()
+                .map(|a| (a.dia_source.dia_source_id.0, a))
+                .collect(),
+        )
+    }
+}
+
+impl Payloads for Encoding<'_> {
+    fn len(&self) -> usize {
+        self.alerts.len()
+    }
+    fn dia_source_id(&self, i: usize) -> i64 {
+        self.alerts[i].0
+    }
+    fn payload(&mut self, i: usize) -> Result<&[u8], String> {
+        if self.holds != Some(i) {
+            self.holds = None;
+            self.buf.clear();
+            self.encoder
+                .encode_framed(self.alerts[i].1, &mut self.buf)
+                .map_err(|e| format!("encoding the alert: {e}"))?;
+            self.holds = Some(i);
+        }
+        Ok(&self.buf)
+    }
 }
 
 /// The alerts of one detector of one visit.

@@ -12,8 +12,10 @@ use apflow_alert_dist::archive::{
 };
 use apflow_alert_dist::ledger::Ledger;
 use apflow_alert_dist::metrics;
+use apflow_alert_dist::packet::AlertEncoder;
 use apflow_alert_dist::producer::{
-    AlertProducer, Compression, DetectorAlerts, FramedAlert, ProducerConfig, VisitTally,
+    AlertProducer, Compression, DetectorAlerts, Encoding, FramedAlert, Payloads, ProduceError,
+    ProducerConfig, VisitTally,
 };
 use apflow_alert_dist::wire::{frame_into, get_bytes, get_long, put_bytes, put_long};
 use apflow_core::bus::kafka::base_config;
@@ -418,4 +420,108 @@ async fn concurrent_detectors_share_a_small_queue_and_deliver_each_alert_once() 
     assert_eq!(got.len(), want.len());
     let keys: BTreeSet<String> = got.into_iter().map(|(k, _, _)| k).collect();
     assert_eq!(keys, want, "each alert exactly once");
+}
+
+/// [`Encoding`] that cannot encode alert `bad`.
+struct FailingAt<'a> {
+    inner: Encoding<'a>,
+    bad: usize,
+}
+
+impl Payloads for FailingAt<'_> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn dia_source_id(&self, i: usize) -> i64 {
+        self.inner.dia_source_id(i)
+    }
+    fn payload(&mut self, i: usize) -> Result<&[u8], String> {
+        if i == self.bad {
+            return Err("encoding the alert: injected failure".into());
+        }
+        self.inner.payload(i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_encoded_as_they_are_sent_arrive_intact_and_an_unencodable_one_is_reported() {
+    let Some(brokers) = broker() else { return };
+    let ledger = Arc::new(Ledger::in_memory().unwrap());
+    let mut config = ProducerConfig {
+        topic_template: format!("{}-v{{major}}", unique("encoding")),
+        partitions: 2,
+        ..ProducerConfig::default()
+    };
+    // Room for about two ~92 KB packets: the encoder's one buffer is overwritten
+    // while earlier packets are still in librdkafka's queue.
+    config
+        .librdkafka
+        .insert("queue.buffering.max.kbytes".into(), "256".into());
+    let producer = AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger).unwrap();
+    producer.ensure_topic().await.unwrap();
+    let inputs = apflow_alert_dist::synth::alert_inputs(2026, 12);
+    let mut enc = AlertEncoder::new();
+    let want: BTreeMap<String, Vec<u8>> = inputs
+        .iter()
+        .map(|a| {
+            let framed = enc.to_framed(a).unwrap();
+            (a.dia_source.dia_source_id.0.to_string(), framed)
+        })
+        .collect();
+    assert_eq!(want.len(), inputs.len(), "the inputs' ids are unique");
+    let batch = |detector| DetectorAlerts {
+        visit: VisitId::new(20261123, 8).unwrap(),
+        detector: DetectorId(detector),
+        shutter_close: Utc::now(),
+        readout_end: Utc::now(),
+        alerts: &[],
+    };
+
+    // Detector 1: every packet encoded on the way out arrives as the encoder makes it.
+    let r = producer
+        .send_payloads(batch(1), &mut Encoding::of(&inputs))
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.skipped), (12, 0));
+    assert_eq!(
+        r.bytes,
+        want.values().map(|v| v.len() as u64).sum::<u64>(),
+        "the report counts the encoded bytes"
+    );
+    let got: BTreeMap<String, Vec<u8>> = consume_all(&brokers, producer.topic(), 12)
+        .await
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect();
+    assert_eq!(got, want);
+
+    // Detector 2: alert 5 cannot be encoded. The others are delivered and recorded;
+    // the detector fails naming it; a rerun sends only it.
+    let bad_id = inputs[5].dia_source.dia_source_id.0;
+    let failing = &mut FailingAt {
+        inner: Encoding::of(&inputs),
+        bad: 5,
+    };
+    match producer.send_payloads(batch(2), failing).await {
+        Err(ProduceError::Undelivered {
+            failed,
+            total,
+            reason,
+            ..
+        }) => {
+            assert_eq!((failed, total), (1, 12));
+            assert!(
+                reason.contains(&format!("diaSourceId {bad_id}")) && reason.contains("injected"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected an undelivered alert, got {other:?}"),
+    }
+    let r = producer
+        .send_payloads(batch(2), &mut Encoding::of(&inputs))
+        .await
+        .unwrap();
+    assert_eq!((r.sent, r.skipped), (1, 11));
+    assert_eq!(r.bytes, want[&bad_id.to_string()].len() as u64);
+    assert_eq!(messages_in(&brokers, producer.topic(), 2), 24);
 }

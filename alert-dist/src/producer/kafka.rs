@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    DetectorAlerts, DetectorReport, FramedAlert, PRODUCER_TIMESTAMP_HEADER, ProducerConfig,
+    DetectorAlerts, DetectorReport, Framed, PRODUCER_TIMESTAMP_HEADER, Payloads, ProducerConfig,
     READOUT_END_HEADER, SHUTTER_CLOSE_HEADER,
 };
 use crate::ledger::{Ledger, LedgerError};
@@ -171,16 +171,27 @@ impl AlertProducer {
         &self,
         batch: DetectorAlerts<'_>,
     ) -> Result<DetectorReport, ProduceError> {
+        self.send_payloads(batch, &mut Framed(batch.alerts)).await
+    }
+
+    /// [`Self::send_detector`] with the alerts taken from `payloads` (for instance
+    /// [`super::Encoding`], which encodes each alert as it is handed to the client);
+    /// `batch.alerts` is not read.
+    pub async fn send_payloads<P: Payloads + Send>(
+        &self,
+        batch: DetectorAlerts<'_>,
+        payloads: &mut P,
+    ) -> Result<DetectorReport, ProduceError> {
         // The ledger is SQLite: off the async workers.
         let (ledger, visit, detector) = (self.ledger.clone(), batch.visit, batch.detector);
         let already = tokio::task::spawn_blocking(move || ledger.sent_ids(visit, detector))
             .await
             .map_err(|e| ProduceError::Task(e.to_string()))??;
-        let todo: Vec<usize> = (0..batch.alerts.len())
-            .filter(|&i| !already.contains(&batch.alerts[i].dia_source_id))
+        let todo: Vec<usize> = (0..payloads.len())
+            .filter(|&i| !already.contains(&payloads.dia_source_id(i)))
             .collect();
         let mut report = DetectorReport {
-            skipped: (batch.alerts.len() - todo.len()) as u32,
+            skipped: (payloads.len() - todo.len()) as u32,
             ..Default::default()
         };
         metrics::SKIPPED_TOTAL.inc_by(u64::from(report.skipped));
@@ -193,7 +204,7 @@ impl AlertProducer {
             .send(
                 &self.topic,
                 (batch.visit, batch.detector),
-                batch.alerts,
+                payloads,
                 todo,
                 &[
                     (SHUTTER_CLOSE_HEADER, shutter_close.as_bytes()),
@@ -205,11 +216,12 @@ impl AlertProducer {
         // One pass over the acknowledgements: ids for the ledger, bytes, latencies.
         let seconds = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 * 1e-6;
         let mut delivered = Vec::with_capacity(sent.delivered.len());
-        for &(i, at) in &sent.delivered {
-            delivered.push(batch.alerts[i].dia_source_id);
-            report.bytes += batch.alerts[i].framed.len() as u64;
-            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS.observe(seconds(at - batch.shutter_close));
-            let since_readout = seconds(at - batch.readout_end);
+        for d in &sent.delivered {
+            delivered.push(payloads.dia_source_id(d.index));
+            report.bytes += d.bytes as u64;
+            metrics::LATENCY_SINCE_SHUTTER_CLOSE_SECONDS
+                .observe(seconds(d.at - batch.shutter_close));
+            let since_readout = seconds(d.at - batch.readout_end);
             metrics::LATENCY_SINCE_READOUT_END_SECONDS.observe(since_readout);
             report.latencies_s.push(since_readout);
         }
@@ -248,14 +260,35 @@ impl AlertProducer {
     }
 }
 
+/// One alert the broker acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Delivered {
+    /// Its index in the batch.
+    pub index: usize,
+    /// Its wire size (before compression).
+    pub bytes: usize,
+    /// When the acknowledgement arrived.
+    pub at: DateTime<Utc>,
+}
+
 /// What [`FramedSender::send`] did.
 #[derive(Debug, Default)]
 pub struct Sent {
-    /// Alerts acknowledged: their index and when the acknowledgement arrived.
-    pub delivered: Vec<(usize, DateTime<Utc>)>,
+    /// Alerts acknowledged.
+    pub delivered: Vec<Delivered>,
     /// One reason per alert given up (refused before queueing, or failed after every
     /// retry).
     pub failed: Vec<String>,
+}
+
+/// A message handed to librdkafka whose delivery report is awaited.
+struct Pending {
+    index: usize,
+    attempt: u32,
+    bytes: usize,
+    delivery: DeliveryFuture,
+    /// Its room in the queue, held until the report is taken.
+    permit: OwnedSemaphorePermit,
 }
 
 /// librdkafka's defaults of `queue.buffering.max.kbytes` and
@@ -329,25 +362,25 @@ impl FramedSender {
             as u32
     }
 
-    /// Sends `alerts[i]` for every `i` in `todo` to `topic` (key = diaSourceId, header
+    /// Sends alert `i` of `alerts` for every `i` in `todo` to `topic` (key = diaSourceId, header
     /// `producer_timestamp`, then `extra_headers`): enqueues as many as there is room
     /// for (waiting for room when none of its own is pending), then awaits the
     /// delivery reports oldest first, re-queueing a failed one up to `retries` times —
-    /// never a flush per message. Counts retried and given-up deliveries in the
+    /// never a flush per message. An alert without a payload (it could not be
+    /// encoded) is given up at once. Counts retried and given-up deliveries in the
     /// metrics. `(visit, detector)` name the batch in logs. Shared by
     /// [`AlertProducer::send_detector`] and replay's Kafka sink.
-    pub async fn send(
+    pub async fn send<P: Payloads + Send>(
         &self,
         topic: &str,
         (visit, detector): (VisitId, DetectorId),
-        alerts: &[FramedAlert],
+        alerts: &mut P,
         todo: Vec<usize>,
         extra_headers: &[(&str, &[u8])],
         retries: u32,
     ) -> Sent {
         let mut queue: VecDeque<(usize, u32)> = todo.iter().map(|&i| (i, 0)).collect();
-        let mut pending: VecDeque<(usize, u32, DeliveryFuture, OwnedSemaphorePermit)> =
-            VecDeque::new();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut sent = Sent {
             delivered: Vec::with_capacity(todo.len()),
             failed: Vec::new(),
@@ -358,8 +391,20 @@ impl FramedSender {
             let stamp = Utc::now().timestamp_millis().to_string();
             let mut queue_full = false;
             while let Some(&(i, attempt)) = queue.front() {
-                let alert = &alerts[i];
-                let cost = self.cost(alert.framed.len());
+                let id = alerts.dia_source_id(i);
+                let payload = match alerts.payload(i) {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        queue.pop_front();
+                        metrics::DELIVERY_FAILURES_TOTAL
+                            .with_label_values(&["given_up"])
+                            .inc();
+                        sent.failed.push(format!("diaSourceId {id}: {reason}"));
+                        continue;
+                    }
+                };
+                let bytes = payload.len();
+                let cost = self.cost(bytes);
                 let permit = match self.room.clone().try_acquire_many_owned(cost) {
                     Ok(permit) => permit,
                     // Our own oldest delivery frees room: take it first.
@@ -372,7 +417,7 @@ impl FramedSender {
                 };
                 keybuf.clear();
                 use std::fmt::Write;
-                let _ = write!(keybuf, "{}", alert.dia_source_id);
+                let _ = write!(keybuf, "{id}");
                 let mut headers =
                     OwnedHeaders::new_with_capacity(1 + extra_headers.len()).insert(Header {
                         key: PRODUCER_TIMESTAMP_HEADER,
@@ -384,14 +429,21 @@ impl FramedSender {
                         value: Some(value),
                     });
                 }
+                // librdkafka copies the payload here: `alerts` may reuse its buffer.
                 let record = FutureRecord::<[u8], [u8]>::to(topic)
                     .key(keybuf.as_bytes())
-                    .payload(&alert.framed[..])
+                    .payload(payload)
                     .headers(headers);
                 match self.producer.send_result(record) {
-                    Ok(fut) => {
+                    Ok(delivery) => {
                         queue.pop_front();
-                        pending.push_back((i, attempt, fut, permit));
+                        pending.push_back(Pending {
+                            index: i,
+                            attempt,
+                            bytes,
+                            delivery,
+                            permit,
+                        });
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         // librdkafka counted more than the room allowed for.
@@ -404,13 +456,12 @@ impl FramedSender {
                         metrics::DELIVERY_FAILURES_TOTAL
                             .with_label_values(&["given_up"])
                             .inc();
-                        sent.failed
-                            .push(format!("diaSourceId {}: {e}", alert.dia_source_id));
+                        sent.failed.push(format!("diaSourceId {id}: {e}"));
                     }
                 }
             }
             // Take one delivery report (the oldest), freeing room in the queue.
-            let Some((i, attempt, fut, permit)) = pending.pop_front() else {
+            let Some(p) = pending.pop_front() else {
                 if queue_full {
                     // Full with nothing of ours pending (the fallback): back off.
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -418,20 +469,25 @@ impl FramedSender {
                 }
                 break;
             };
-            let alert = &alerts[i];
-            let outcome = match fut.await {
+            let outcome = match p.delivery.await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err((e, _))) => Err(e.to_string()),
                 Err(_) => Err("the producer was dropped before delivery".to_owned()),
             };
-            drop(permit);
+            // Its room in the queue is free again.
+            drop(p.permit);
+            let (i, attempt) = (p.index, p.attempt);
             match outcome {
-                Ok(()) => sent.delivered.push((i, Utc::now())),
+                Ok(()) => sent.delivered.push(Delivered {
+                    index: i,
+                    bytes: p.bytes,
+                    at: Utc::now(),
+                }),
                 Err(reason) if attempt < retries => {
                     tracing::warn!(
                         visit = visit.0,
                         detector = detector.0,
-                        dia_source_id = alert.dia_source_id,
+                        dia_source_id = alerts.dia_source_id(i),
                         attempt,
                         %reason,
                         "Alert delivery failed; retrying."
@@ -446,7 +502,7 @@ impl FramedSender {
                         .with_label_values(&["given_up"])
                         .inc();
                     sent.failed
-                        .push(format!("diaSourceId {}: {reason}", alert.dia_source_id));
+                        .push(format!("diaSourceId {}: {reason}", alerts.dia_source_id(i)));
                 }
             }
         }

@@ -53,8 +53,8 @@ pub enum ProduceRun {
     Apflow,
     /// A bare rdkafka loop with the same client settings.
     Baseline,
-    /// apflow end to end: each detector encodes its packets from their inputs, then
-    /// sends them through apflow's producer (`--payload packets`).
+    /// apflow end to end: each detector's packets encoded from their inputs by
+    /// apflow's producer, each as it is handed to the client (`--payload packets`).
     EndToEnd,
 }
 

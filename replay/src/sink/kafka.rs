@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use apflow_alert_dist::producer::{
-    FramedAlert, FramedSender, ProduceError, ProducerConfig, client_config, ensure_topic,
+    Framed, FramedAlert, FramedSender, ProduceError, ProducerConfig, client_config, ensure_topic,
 };
 use apflow_core::bus::KafkaConfig;
 use apflow_core::ids::{DetectorId, VisitId};
@@ -101,7 +101,7 @@ impl Sink for KafkaSink {
             .send(
                 &self.topic,
                 (visit, detector),
-                alerts,
+                &mut Framed(alerts),
                 (0..alerts.len()).collect(),
                 &[("apflow_replay_generation", self.generation.as_bytes())],
                 self.retries,
