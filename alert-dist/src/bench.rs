@@ -103,6 +103,7 @@ pub fn packet_alerts(
 
 /// The input alert `k` of detector number `d` of [`packet_alerts`] was encoded from
 /// (the inverse of [`spread`]'s dealing).
+#[cfg(any(feature = "kafka", test))]
 fn packet_input(d: usize, k: usize, detectors: usize, inputs: usize) -> usize {
     (k * detectors + d) % inputs
 }

@@ -18,6 +18,10 @@
 //!   queue is a semaphore ([`FramedSender`]): a detector that finds the queue full
 //!   waits its turn instead of polling. A failed delivery report is retried up to
 //!   [`ProducerConfig::retries`] times before the detector is reported as failed.
+//! * **Payloads**: alerts come already framed ([`Framed`]: the service, which also
+//!   archives the bytes, and replay), or are encoded one at a time as they are handed
+//!   to the client ([`Encoding`]), into one buffer that librdkafka copies — so a batch
+//!   in flight costs librdkafka's queue, not every packet at once.
 //! * **Ledger**: alerts the broker acknowledged are recorded per (visit, detector)
 //!   ([`crate::ledger`]); a rerun sends only the others.
 //! * **Metrics** (from delivery reports, once per detector batch): alerts and bytes
