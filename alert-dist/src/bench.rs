@@ -3,8 +3,8 @@
 //! (`apflow bench alerts-produce`): pre-serialised alerts of realistic size put on the
 //! wire by [`crate::producer::AlertProducer`], against the same bytes sent by the
 //! plainest rdkafka loop (the time the broker needs to accept them); and end to end,
-//! each detector encoding its packets from [`AlertInput`](crate::packet::AlertInput)s
-//! before sending them ([`packet_alerts`], `produce_all` with `encode`).
+//! each packet encoded from its [`AlertInput`](crate::packet::AlertInput) as the
+//! producer hands it to the client ([`packet_alerts`], `produce_all` with `encode`).
 //!
 //! The messages are synthetic but shaped like alerts: a Confluent header, a few
 //! `long`/`double` fields, then three cutouts of big-endian `float32` pixels (as in
@@ -171,7 +171,7 @@ pub fn serialise(
 }
 
 #[cfg(feature = "kafka")]
-pub use self::kafka::{BenchError, ProduceFigures, baseline_produce, produce_all};
+pub use self::kafka::{ProduceFigures, baseline_produce, produce_all};
 
 #[cfg(feature = "kafka")]
 mod kafka {
@@ -180,14 +180,13 @@ mod kafka {
 
     use apflow_core::bus::KafkaConfig;
     use apflow_core::ids::DetectorId;
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     use crate::ledger::Ledger;
-    use crate::packet::{AlertInput, PacketError};
+    use crate::packet::AlertInput;
     use crate::producer::{
-        AlertProducer, DetectorAlerts, Encoding, FramedAlert, PRODUCER_TIMESTAMP_HEADER,
-        ProduceError, ProducerConfig, READOUT_END_HEADER, SHUTTER_CLOSE_HEADER, ensure_topic,
+        AlertProducer, DetectorAlerts, Encoding, FramedAlert, ProduceError, ProducerConfig,
+        READOUT_END_HEADER, SHUTTER_CLOSE_HEADER, ensure_topic,
     };
 
     /// Alerts, bytes and seconds of one run.
@@ -212,17 +211,6 @@ mod kafka {
         }
     }
 
-    /// Why a produce run failed.
-    #[derive(Debug, thiserror::Error)]
-    pub enum BenchError {
-        /// Producing failed.
-        #[error(transparent)]
-        Produce(#[from] ProduceError),
-        /// Encoding an input failed.
-        #[error(transparent)]
-        Packet(#[from] PacketError),
-    }
-
     /// Produces every detector's alerts through [`AlertProducer`] (ledger in memory),
     /// all detectors at once as a visit's detectors finish together; creates the topic
     /// first (not timed). With `encode` (the inputs `detectors` came from through
@@ -235,8 +223,8 @@ mod kafka {
         config: &ProducerConfig,
         detectors: &[(DetectorId, Vec<FramedAlert>)],
         encode: Option<&[AlertInput]>,
-    ) -> Result<ProduceFigures, BenchError> {
-        let ledger = Arc::new(Ledger::in_memory().map_err(ProduceError::from)?);
+    ) -> Result<ProduceFigures, ProduceError> {
+        let ledger = Arc::new(Ledger::in_memory()?);
         let producer = AlertProducer::new(brokers, kafka, config, 11, ledger)?;
         producer.ensure_topic().await?;
         let visit = super::bench_visit();
@@ -253,8 +241,8 @@ mod kafka {
                     readout_end: shutter_close,
                     alerts,
                 };
-                let report = match encode {
-                    None => producer.send_detector(batch).await?,
+                match encode {
+                    None => producer.send_detector(batch).await,
                     // Each packet encoded from its input as it is handed to the client.
                     Some(inputs) => {
                         let keyed = (alerts.iter().enumerate())
@@ -263,12 +251,10 @@ mod kafka {
                                 (a.dia_source_id, &inputs[i])
                             })
                             .collect();
-                        producer
-                            .send_payloads(batch, &mut Encoding::keyed(keyed))
-                            .await?
+                        let mut payloads = Encoding::keyed(keyed);
+                        producer.send_payloads(batch, &mut payloads).await
                     }
-                };
-                Ok::<_, BenchError>(report)
+                }
             },
         ))
         .await;
@@ -313,20 +299,13 @@ mod kafka {
         // The records apflow sends: decimal key and its three timestamp headers (the
         // broker stores headers record by record, so they are part of its work).
         let stamp = chrono::Utc::now().timestamp_millis().to_string();
+        let extra = [
+            (SHUTTER_CLOSE_HEADER, stamp.as_bytes()),
+            (READOUT_END_HEADER, stamp.as_bytes()),
+        ];
         for a in detectors.iter().flat_map(|d| &d.1) {
             let key = a.dia_source_id.to_string();
-            let headers = [
-                PRODUCER_TIMESTAMP_HEADER,
-                SHUTTER_CLOSE_HEADER,
-                READOUT_END_HEADER,
-            ]
-            .into_iter()
-            .fold(OwnedHeaders::new_with_capacity(3), |h, key| {
-                h.insert(Header {
-                    key,
-                    value: Some(stamp.as_bytes()),
-                })
-            });
+            let headers = crate::producer::kafka::alert_headers(stamp.as_bytes(), &extra);
             let mut record = FutureRecord::<[u8], [u8]>::to(topic)
                 .key(key.as_bytes())
                 .payload(&a.framed[..])

@@ -281,6 +281,33 @@ pub struct Sent {
     pub failed: Vec<String>,
 }
 
+impl Sent {
+    /// Gives alert `id` up for `reason`, counted in the metrics.
+    fn give_up(&mut self, id: i64, reason: &dyn std::fmt::Display) {
+        metrics::DELIVERY_FAILURES_TOTAL
+            .with_label_values(&["given_up"])
+            .inc();
+        self.failed.push(format!("diaSourceId {id}: {reason}"));
+    }
+}
+
+/// The headers of an alert message: `producer_timestamp` = `producer_stamp`, then
+/// `extra` (the same records from the producer and the benchmark's bare loop).
+pub(crate) fn alert_headers(producer_stamp: &[u8], extra: &[(&str, &[u8])]) -> OwnedHeaders {
+    extra.iter().fold(
+        OwnedHeaders::new_with_capacity(1 + extra.len()).insert(Header {
+            key: PRODUCER_TIMESTAMP_HEADER,
+            value: Some(producer_stamp),
+        }),
+        |h, &(key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        },
+    )
+}
+
 /// A message handed to librdkafka whose delivery report is awaited.
 struct Pending {
     index: usize,
@@ -396,10 +423,7 @@ impl FramedSender {
                     Ok(p) => p,
                     Err(reason) => {
                         queue.pop_front();
-                        metrics::DELIVERY_FAILURES_TOTAL
-                            .with_label_values(&["given_up"])
-                            .inc();
-                        sent.failed.push(format!("diaSourceId {id}: {reason}"));
+                        sent.give_up(id, &reason);
                         continue;
                     }
                 };
@@ -418,22 +442,11 @@ impl FramedSender {
                 keybuf.clear();
                 use std::fmt::Write;
                 let _ = write!(keybuf, "{id}");
-                let mut headers =
-                    OwnedHeaders::new_with_capacity(1 + extra_headers.len()).insert(Header {
-                        key: PRODUCER_TIMESTAMP_HEADER,
-                        value: Some(stamp.as_bytes()),
-                    });
-                for &(key, value) in extra_headers {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value),
-                    });
-                }
                 // librdkafka copies the payload here: `alerts` may reuse its buffer.
                 let record = FutureRecord::<[u8], [u8]>::to(topic)
                     .key(keybuf.as_bytes())
                     .payload(payload)
-                    .headers(headers);
+                    .headers(alert_headers(stamp.as_bytes(), extra_headers));
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
                         queue.pop_front();
@@ -453,10 +466,7 @@ impl FramedSender {
                     Err((e, _)) => {
                         // Refused before queueing (too large, bad topic): not retryable.
                         queue.pop_front();
-                        metrics::DELIVERY_FAILURES_TOTAL
-                            .with_label_values(&["given_up"])
-                            .inc();
-                        sent.failed.push(format!("diaSourceId {id}: {e}"));
+                        sent.give_up(id, &e);
                     }
                 }
             }
@@ -497,13 +507,7 @@ impl FramedSender {
                         .inc();
                     queue.push_back((i, attempt + 1));
                 }
-                Err(reason) => {
-                    metrics::DELIVERY_FAILURES_TOTAL
-                        .with_label_values(&["given_up"])
-                        .inc();
-                    sent.failed
-                        .push(format!("diaSourceId {}: {reason}", alerts.dia_source_id(i)));
-                }
+                Err(reason) => sent.give_up(alerts.dia_source_id(i), &reason),
             }
         }
         sent
