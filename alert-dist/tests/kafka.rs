@@ -375,24 +375,31 @@ async fn every_compression_setting_delivers_the_exact_bytes() {
     }
 }
 
+/// A producer (in-memory ledger) to a fresh two-partition topic named after `name`,
+/// whose librdkafka queue holds `kbytes` KiB.
+async fn small_queue_producer(brokers: &str, name: &str, kbytes: u32) -> AlertProducer {
+    let mut config = ProducerConfig {
+        topic_template: format!("{}-v{{major}}", unique(name)),
+        partitions: 2,
+        ..ProducerConfig::default()
+    };
+    config
+        .librdkafka
+        .insert("queue.buffering.max.kbytes".into(), kbytes.to_string());
+    let ledger = Arc::new(Ledger::in_memory().unwrap());
+    let producer = AlertProducer::new(brokers, &kafka_config(), &config, 11, ledger).unwrap();
+    producer.ensure_topic().await.unwrap();
+    producer
+}
+
 /// Many detectors at once through a client whose queue holds only a few alerts: the
 /// detectors with nothing in flight wait for room (no deadlock, no polling loop), and
 /// every alert reaches the broker exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_detectors_share_a_small_queue_and_deliver_each_alert_once() {
     let Some(brokers) = broker() else { return };
-    let ledger = Arc::new(Ledger::in_memory().unwrap());
-    let mut config = ProducerConfig {
-        topic_template: format!("{}-v{{major}}", unique("room")),
-        partitions: 2,
-        ..ProducerConfig::default()
-    };
     // Room for 14 KiB: two to ten of these 1–4 KB alerts at a time.
-    config
-        .librdkafka
-        .insert("queue.buffering.max.kbytes".into(), "16".into());
-    let producer = AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger).unwrap();
-    producer.ensure_topic().await.unwrap();
+    let producer = small_queue_producer(&brokers, "room", 16).await;
     let visit = VisitId::new(20261123, 7).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(23);
     let batches: Vec<Vec<FramedAlert>> = (1..=24).map(|d| alerts(&mut rng, visit, d, 15)).collect();
@@ -446,19 +453,9 @@ impl Payloads for FailingAt<'_> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_encoded_as_they_are_sent_arrive_intact_and_an_unencodable_one_is_reported() {
     let Some(brokers) = broker() else { return };
-    let ledger = Arc::new(Ledger::in_memory().unwrap());
-    let mut config = ProducerConfig {
-        topic_template: format!("{}-v{{major}}", unique("encoding")),
-        partitions: 2,
-        ..ProducerConfig::default()
-    };
     // Room for about two ~92 KB packets: the encoder's one buffer is overwritten
     // while earlier packets are still in librdkafka's queue.
-    config
-        .librdkafka
-        .insert("queue.buffering.max.kbytes".into(), "256".into());
-    let producer = AlertProducer::new(&brokers, &kafka_config(), &config, 11, ledger).unwrap();
-    producer.ensure_topic().await.unwrap();
+    let producer = small_queue_producer(&brokers, "encoding", 256).await;
     let inputs = apflow_alert_dist::synth::alert_inputs(2026, 12);
     let mut enc = AlertEncoder::new();
     let want: BTreeMap<String, Vec<u8>> = inputs
