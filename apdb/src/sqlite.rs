@@ -170,9 +170,9 @@ struct Sql {
     restore_last: String,
 }
 
-/// The two ways of reading a history table (see [`LOOKUP_MAX_OBJECTS`]). Each selects
-/// the record's columns and one more, at `extra_idx`: the spatial partition for
-/// `by_object`, `diaObjectId` for `by_pixel`.
+/// The two ways of reading a history table (see [`LOOKUP_MAX_OBJECTS`]). Both select
+/// the record's columns, `diaObjectId` among them at `object_idx`; `by_object` adds
+/// the spatial partition after them, at `part_idx`.
 #[derive(Debug)]
 struct HistorySql {
     /// One DiaObject's rows in the window (`?1` object, `?2`..`?3` window), through the
@@ -184,7 +184,8 @@ struct HistorySql {
     /// window): an equality on the first clustering column lets the time partitions
     /// bound the range scan too.
     by_pixel: String,
-    extra_idx: usize,
+    object_idx: usize,
+    part_idx: usize,
 }
 
 impl HistorySql {
@@ -196,11 +197,15 @@ impl HistorySql {
                 "SELECT {cols}, {PART_COLUMN} FROM \"{table}\" WHERE diaObjectId = ?1 AND {window}"
             ),
             by_pixel: format!(
-                "SELECT {cols}, diaObjectId FROM \"{table}\" WHERE {PART_COLUMN} = ?1 \
+                "SELECT {cols} FROM \"{table}\" WHERE {PART_COLUMN} = ?1 \
                  AND {TIME_PART_COLUMN} >= ?2 AND {TIME_PART_COLUMN} <= ?3 \
                  AND midpointMjdTai >= ?4 AND midpointMjdTai < ?5"
             ),
-            extra_idx: columns.len(),
+            object_idx: columns
+                .iter()
+                .position(|c| c == "diaObjectId")
+                .expect("a history table has diaObjectId"),
+            part_idx: columns.len(),
         }
     }
 }
@@ -535,7 +540,7 @@ fn read_history<R: Record>(
                 .map_err(classify(op))?;
             while let Some(row) = rows.next().map_err(classify(op))? {
                 // Only rows stored in the region's partitions, as the contract reads.
-                let part: i64 = row.get(sql.extra_idx).map_err(classify(op))?;
+                let part: i64 = row.get(sql.part_idx).map_err(classify(op))?;
                 if region.covers_pixel(part) {
                     out.push(decode_row::<R>(row, op)?);
                 }
@@ -555,7 +560,7 @@ fn read_history<R: Record>(
                 ])
                 .map_err(classify(op))?;
             while let Some(row) = rows.next().map_err(classify(op))? {
-                let obj: Option<i64> = row.get(sql.extra_idx).map_err(classify(op))?;
+                let obj: Option<i64> = row.get(sql.object_idx).map_err(classify(op))?;
                 if obj.is_some_and(|o| objects.contains(&o)) {
                     out.push(decode_row::<R>(row, op)?);
                 }
