@@ -148,7 +148,9 @@ pub fn day_obs(t: DateTime<Utc>) -> u32 {
 /// file is missing. On a shared machine this is the figure to quote for "one core":
 /// wall time also counts the time other processes held the core.
 pub fn thread_cpu_seconds() -> Option<f64> {
-    schedstat_seconds(std::path::Path::new("/proc/thread-self/schedstat"))
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
 }
 
 /// Seconds this process has run on a CPU, user and system, every thread counted
@@ -164,12 +166,6 @@ pub fn process_cpu_seconds() -> Option<f64> {
     let utime: u64 = rest.next()?.parse().ok()?;
     let stime: u64 = rest.next()?.parse().ok()?;
     Some((utime + stime) as f64 / 100.0)
-}
-
-fn schedstat_seconds(path: &std::path::Path) -> Option<f64> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns as f64 * 1e-9)
 }
 
 #[cfg(test)]
